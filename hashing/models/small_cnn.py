@@ -1,0 +1,60 @@
+"""A small randomly initialised CNN: the fast backbone for tests and smoke runs (no pretrained weights)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hashing.models.backbone import Backbone, Features
+
+
+def _stage(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
+
+
+class SmallCNN(Backbone):
+    """Three conv stages (32, 64, 128 channels), any input size >= 8 px.
+
+    ``spatial`` = pooled output of stage 2 (64 wide), ``global_`` = pooled output of stage 3 (128 wide).
+    """
+
+    feature_dim = 128
+    spatial_dim = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage1 = _stage(3, 32)
+        self.stage2 = _stage(32, 64)
+        self.stage3 = _stage(64, 128)
+
+    def forward(self, images: torch.Tensor) -> Features:
+        mid = self.stage2(self.stage1(images))
+        top = self.stage3(mid)
+        return Features(top.mean(dim=(2, 3)), mid.mean(dim=(2, 3)))
+
+
+class CachedFeatures(Backbone):
+    """A frozen backbone whose features were computed ahead of time.
+
+    Input ``float32[b, feature_dim + spatial_dim]`` (global features, then spatial) is split and
+    returned as is; it has no parameters. Benchmarks use it to train many methods on the same
+    frozen features without running the convolutional network again.
+    """
+
+    def __init__(self, feature_dim: int, spatial_dim: int) -> None:
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.spatial_dim = spatial_dim
+
+    def forward(self, images: torch.Tensor) -> Features:
+        if images.ndim != 2 or images.shape[1] != self.feature_dim + self.spatial_dim:
+            raise ValueError(
+                f"cached backbone expects float[b, {self.feature_dim + self.spatial_dim}] feature rows, "
+                f"got shape {tuple(images.shape)}"
+            )
+        return Features(images[:, : self.feature_dim], images[:, self.feature_dim :])

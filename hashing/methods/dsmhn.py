@@ -1,0 +1,157 @@
+"""DSMHN: deep semantic multimodal hashing (image + text tags).
+
+[recon] No public DSMHN code exists: this is our reconstruction after DCMH (Jiang & Li, CVPR 2017,
+jiangqy/DCMH-CVPR2017) as specified in METHODS.md, with the similarity term pluggable (the paper's point).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as nnf
+from torch import nn
+
+from hashing.methods.base import Batch, HashingMethod
+from hashing.methods.distributed import gather, gather_with_grad, world
+from hashing.models.backbone import Backbone
+
+SIMILARITY_LOSSES = ("nll", "squared", "contrastive")
+
+
+def similarity_pair_loss(
+    f: torch.Tensor, g: torch.Tensor, s: torch.Tensor, kind: str = "nll", margin: float = 0.5
+) -> torch.Tensor:
+    """Cross-modal pair loss float32[m, n] for image codes f float32[m, K], text codes g float32[n, K].
+
+    ``s`` float32[m, n]: S_ij = 1[l_i^T l_j > 0]. Kinds:
+        ``nll``:          log(1 + e^Theta) - S Theta, Theta = 0.5 f_i^T g_j (DCMH's likelihood).
+        ``squared``:      (S±_ij - f_i^T g_j / K)^2 with S± = 2S - 1, i.e. ||K S± - F G^T||^2 / K^2 per pair.
+        ``contrastive``:  S d + (1 - S) max(0, margin - d), d = ||f_i - g_j||^2 / (4K) (the normalised
+                          Hamming distance when f, g are +-1 codes).
+    """
+    k = f.shape[1]
+    inner = f @ g.T
+    if kind == "nll":
+        theta = 0.5 * inner
+        return nnf.softplus(theta) - s * theta
+    if kind == "squared":
+        return (2 * s - 1 - inner / k) ** 2
+    if kind == "contrastive":
+        sq = (f**2).sum(1, keepdim=True) + (g**2).sum(1) - 2 * inner
+        d = sq.clamp(min=0) / (4 * k)
+        return s * d + (1 - s) * nnf.relu(margin - d)
+    raise ValueError(f"unknown similarity_loss {kind!r}; allowed: {', '.join(SIMILARITY_LOSSES)}")
+
+
+def bit_balance(x: torch.Tensor) -> torch.Tensor:
+    """J_bal for one modality: ||X^T 1||^2 / (B^2 K) = mean over bits of (column mean)^2 over the global batch.
+
+    ``x`` float32[b, K] local rows; zero when every bit sums to zero over the global batch of B rows.
+    Under DDP the local rows carry the gradient and DDP divides by the world size W, so the
+    gradient is scaled by W (value unchanged) to equal the single-process gradient.
+    """
+    bal = (gather_with_grad(x).mean(dim=0) ** 2).mean()
+    size = world()[1]
+    return size * bal - (size - 1) * bal.detach()
+
+
+class DSMHN(HashingMethod):
+    """Image net f: backbone -> Linear(d, K) = F; text net g: tags float32[b, V] -> 8192, ReLU -> K = G.
+
+    Unified codes of the batch's training items B = sign(F + G) (sign(0) = +1, no gradient).
+    Loss ([recon], every term normalised to a mean so that it does not grow with batch size or K):
+
+        J = J_sim + lambda J_label + gamma J_quant + eta J_bal
+        J_sim   = mean over image i x text j pairs of the chosen ``similarity_pair_loss`` (F_i, G_j, S_ij)
+        J_label = BCE(sigmoid(F W + c), L) + BCE(sigmoid(G W + c), L): one linear classifier shared by
+                  both modalities, multi-label sigmoid cross-entropy, mean over b x c entries
+        J_quant = ||B - F||^2 / (bK) + ||B - G||^2 / (bK)
+        J_bal   = ||F^T 1||^2 / (B^2 K) + ||G^T 1||^2 / (B^2 K)   (each bit half +1, half -1)
+
+    lambda = gamma = eta = 1. Retrieval codes: sign(F) for images, sign(G) for texts.
+
+    Sharded data (DDP): J_sim pairs local images with the gathered texts of every worker and the
+    gathered images with the local texts (gathered sides without gradient); the sum of both blocks
+    has exactly this worker's share of the global-batch gradient, and half of it is the loss value.
+    J_bal uses the global column means (see ``bit_balance``); J_label and J_quant are per-row means.
+    After DDP averages the workers' gradients they equal the single-process ones on the whole batch.
+    """
+
+    name = "dsmhn"
+    modalities: ClassVar[tuple[str, ...]] = ("image", "text")
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        bits: int,
+        num_classes: int,
+        tag_vocab_size: int = 0,
+        pretrained_lr_scale: float = 0.01,
+        similarity_loss: str = "nll",
+        lam: float = 1.0,
+        gamma: float = 1.0,
+        eta: float = 1.0,
+        text_hidden: int = 8192,
+        margin: float = 0.5,
+    ) -> None:
+        super().__init__(backbone, bits, num_classes, tag_vocab_size, pretrained_lr_scale)
+        if tag_vocab_size <= 0:
+            raise ValueError(
+                "DSMHN needs text tags: tag_vocab_size must be > 0 (a dataset with a `tags` vocabulary)"
+            )
+        if similarity_loss not in SIMILARITY_LOSSES:
+            raise ValueError(
+                f"unknown similarity_loss {similarity_loss!r}; allowed: {', '.join(SIMILARITY_LOSSES)}"
+            )
+        self.similarity_loss = similarity_loss
+        self.lam = lam
+        self.gamma = gamma
+        self.eta = eta
+        self.margin = margin
+        self.image_head = nn.Linear(backbone.feature_dim, bits)
+        self.text_net = nn.Sequential(
+            nn.Linear(tag_vocab_size, text_hidden), nn.ReLU(), nn.Linear(text_hidden, bits)
+        )
+        self.classifier = nn.Linear(bits, num_classes)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Image codes F float32[b, K] (linear output)."""
+        return self.image_head(self.backbone(images).global_)
+
+    def encode_text(self, tags: torch.Tensor) -> torch.Tensor:
+        """Text codes G float32[b, K] from bag-of-words ``tags`` float32[b, V]."""
+        if tags.ndim != 2 or tags.shape[1] != self.tag_vocab_size:
+            raise ValueError(
+                f"DSMHN expects tags float[b, {self.tag_vocab_size}], got shape {tuple(tags.shape)}"
+            )
+        return self.text_net(tags.float())
+
+    def forward(self, batch: Batch, phase: str = "main") -> dict[str, torch.Tensor]:
+        """``{"loss", "sim", "label", "quant", "bal"}`` scalars for the local rows of the global batch."""
+        if "tags" not in batch:
+            raise KeyError(
+                "DSMHN needs batch['tags'] (bag-of-words float[b, V]); the dataset has no tags column"
+            )
+        f = self.encode_image(batch["image"])
+        g = self.encode_text(batch["tags"])
+        labels = batch["labels"].float()
+        s = (labels @ gather(labels).T > 0).float()
+
+        def pairs(a: torch.Tensor, b: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
+            return similarity_pair_loss(a, b, sim, self.similarity_loss, self.margin).mean()
+
+        blocks = pairs(f, gather(g), s) + pairs(gather(f), g, s.T)
+        j_sim = blocks - 0.5 * blocks.detach()
+        codes = torch.where(f + g >= 0, 1.0, -1.0).detach()
+        j_quant = ((codes - f) ** 2).mean() + ((codes - g) ** 2).mean()
+        j_bal = bit_balance(f) + bit_balance(g)
+        j_label = sum(nnf.binary_cross_entropy_with_logits(self.classifier(x), labels) for x in (f, g))
+        loss = j_sim + self.lam * j_label + self.gamma * j_quant + self.eta * j_bal
+        return {
+            "loss": loss,
+            "sim": j_sim.detach(),
+            "label": j_label.detach(),
+            "quant": j_quant.detach(),
+            "bal": j_bal.detach(),
+        }

@@ -1,0 +1,132 @@
+"""IDHN: the exact loss terms with the paper's constants, gradients, and an overfit check on real digits."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from hashing.methods.idhn import IDHN, idhn_pair_loss, label_cosine
+from hashing.models.small_cnn import CachedFeatures, SmallCNN
+from hashing.training import encode_batches, fit
+
+torch.set_num_threads(1)
+
+
+def digits_batch(n: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Real 8x8 digits upsampled to 3x16x16; labels = [digit one-hot (10), even, >= 5] (multi-label)."""
+    digits = load_digits()
+    idx = np.random.default_rng(seed).choice(len(digits.target), n, replace=False)
+    img = np.kron(digits.images[idx] / 16.0, np.ones((2, 2)))
+    images = torch.tensor((img - 0.5) / 0.5, dtype=torch.float32)[:, None].repeat(1, 3, 1, 1)
+    y = digits.target[idx]
+    labels = np.zeros((n, 12), dtype=np.float32)
+    labels[np.arange(n), y] = 1
+    labels[:, 10] = y % 2 == 0
+    labels[:, 11] = y >= 5
+    return {"image": images, "labels": torch.tensor(labels)}
+
+
+def test_label_cosine_matches_definition():
+    labels = torch.tensor([[1, 0, 1], [1, 1, 0], [0, 0, 0], [0, 1, 0]], dtype=torch.float32)
+    s = label_cosine(labels, labels).numpy()
+    for i in range(4):
+        for j in range(4):
+            a, b = labels[i].numpy(), labels[j].numpy()
+            norm = np.linalg.norm(a) * np.linalg.norm(b)
+            expected = a @ b / norm if norm > 0 else 0.0
+            assert s[i, j] == pytest.approx(expected, abs=1e-6)
+
+
+def test_hard_pairs_give_likelihood_and_soft_pairs_give_mse():
+    k = 4
+    u = torch.tensor([[0.9, -0.5, 0.2, 0.7], [0.8, -0.4, -0.1, 0.6], [-0.3, 0.5, 0.9, -0.8]])
+    # s = 1 (identical labels, hard), 0 (disjoint, hard), 1/sqrt(2) and 0.5 (soft)
+    s = torch.tensor([[1.0, 0.0, 2**-0.5], [0.0, 1.0, 0.5], [2**-0.5, 0.5, 1.0]])
+    got = idhn_pair_loss(u, u, s).numpy()
+    un = u.tolist()
+    for i in range(3):
+        for j in range(3):
+            ip = sum(a * b for a, b in zip(un[i], un[j], strict=True))
+            sij = float(s[i, j])
+            if sij > 0.99 or sij < 0.01:
+                theta = 5.0 * ip / k
+                expected = math.log(1 + math.exp(theta)) - sij * theta
+            else:
+                expected = 0.1 * k * ((ip + k) / (2 * k) - sij) ** 2
+            assert got[i, j] == pytest.approx(expected, rel=1e-5, abs=1e-7), (i, j)
+
+
+def test_threshold_edges_switch_between_terms():
+    u = torch.tensor([[0.5, 0.5], [0.5, -0.1]])
+    ip = 0.25 - 0.05
+    for s_val, hard in [(0.995, True), (0.985, False), (0.005, True), (0.015, False)]:
+        s = torch.full((2, 2), s_val)
+        got = float(idhn_pair_loss(u, u, s)[0, 1])
+        theta = 5.0 * ip / 2
+        likelihood = math.log1p(math.exp(theta)) - s_val * theta
+        mse = 0.1 * 2 * ((ip + 2) / 4 - s_val) ** 2
+        assert got == pytest.approx(likelihood if hard else mse, rel=1e-5)
+
+
+def test_forward_equals_independent_loss():
+    k = 8
+    torch.manual_seed(0)
+    method = IDHN(CachedFeatures(feature_dim=k, spatial_dim=0), bits=k, num_classes=3)
+    with torch.no_grad():
+        method.hash_layer.weight.copy_(torch.eye(k))
+        method.hash_layer.bias.zero_()
+    z = np.random.default_rng(1).normal(size=(5, k))
+    labels = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0], [1, 1, 1]], dtype=np.float64)
+    out = method(
+        {"image": torch.tensor(z, dtype=torch.float32), "labels": torch.tensor(labels, dtype=torch.float32)}
+    )
+    u = z / (1 + np.abs(z))
+    norm = np.linalg.norm(labels, axis=1)
+    s = labels @ labels.T / np.outer(norm, norm)
+    ip = u @ u.T
+    theta = 5 * ip / k
+    hard = (s > 0.99) | (s < 0.01)
+    pair = np.where(hard, np.log1p(np.exp(theta)) - s * theta, 0.1 * k * ((ip + k) / (2 * k) - s) ** 2)
+    expected = pair.mean() + 0.1 * np.abs(np.abs(u) - 1).mean()
+    assert float(out["loss"].detach()) == pytest.approx(expected, rel=1e-5)
+    assert float(out["pairwise"]) == pytest.approx(pair.mean(), rel=1e-5)
+
+
+def test_gradient_equals_plain_global_batch_loss():
+    """The 2m - m.detach() form has the gradient of the pair mean with both sides differentiated."""
+    torch.manual_seed(0)
+    u = torch.randn(6, 8).tanh().requires_grad_()
+    labels = (torch.rand(6, 4) > 0.5).float()
+    s = label_cosine(labels, labels)
+    plain = idhn_pair_loss(u, u, s).mean()
+    (g_plain,) = torch.autograd.grad(plain, u)
+    m = idhn_pair_loss(u, u.detach(), s).mean()
+    (g_trick,) = torch.autograd.grad(2 * m - m.detach(), u)
+    torch.testing.assert_close(g_trick, g_plain)
+
+
+def test_gradients_reach_hash_layer_and_backbone():
+    torch.manual_seed(0)
+    method = IDHN(SmallCNN(), bits=16, num_classes=12)
+    out = method(digits_batch(16))
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    for param in (method.hash_layer.weight, method.backbone.stage1[0].weight):
+        assert param.grad is not None and torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0
+
+
+def test_overfit_small_batch_and_codes_follow_labels():
+    torch.manual_seed(0)
+    batch = digits_batch(32)
+    method = IDHN(SmallCNN(), bits=16, num_classes=12)
+    history = fit(method, lambda epoch: [batch], epochs=30, lr=3e-3)
+    assert history[-1]["loss"] < 0.6 * history[0]["loss"], [h["loss"] for h in history]
+    codes = np.where(encode_batches(method, [batch]) >= 0, 1, -1)
+    dist = (16 - codes @ codes.T) / 2
+    same = (batch["labels"][:, :10] @ batch["labels"][:, :10].T).numpy() > 0
+    off_diag = ~np.eye(32, dtype=bool)
+    assert dist[same & off_diag].mean() < dist[~same].mean() - 2

@@ -1,0 +1,178 @@
+"""SCHN: DCC code solver, soft similarity, phase separation (main vs discriminator), overfit on real digits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from hashing.methods import build_method
+from hashing.methods.schn import SCHN, dcc_codes, dcc_objective, label_graph, soft_similarity
+from hashing.models.small_cnn import SmallCNN
+from hashing.training import encode_batches, fit, make_optimizers
+
+torch.set_num_threads(1)
+
+
+def digits_batch(n: int = 24, classes: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Real 8x8 digits 0..classes-1 upsampled to 3x16x16, one-hot labels float32[n, classes]."""
+    digits = load_digits()
+    pool = np.flatnonzero(digits.target < classes)
+    idx = np.random.default_rng(seed).choice(pool, n, replace=False)
+    img = np.kron(digits.images[idx] / 16.0, np.ones((2, 2)))
+    images = torch.tensor((img - 0.5) / 0.5, dtype=torch.float32)[:, None].repeat(1, 3, 1, 1)
+    labels = np.zeros((n, classes), dtype=np.float32)
+    labels[np.arange(n), digits.target[idx]] = 1
+    return {"image": images, "labels": torch.tensor(labels)}
+
+
+def dcc_problem(n: int = 12, k: int = 8, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random U, U_lab, U_lat float64[n, k], multi-hot labels and Q = K S~^T U + 10 U + 2 U_lab + 0.1 U_lat."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(n, k, generator=g, dtype=torch.float64).tanh()
+    u_lab = torch.randn(n, k, generator=g, dtype=torch.float64).tanh()
+    u_lat = torch.rand(n, k, generator=g, dtype=torch.float64)
+    labels = (torch.rand(n, 3, generator=g) > 0.6).double()
+    s = soft_similarity(labels).double()
+    q = k * s.T @ u + 10 * u + 2 * u_lab + 0.1 * u_lat
+    return u, u_lab, u_lat, s, q
+
+
+def test_soft_similarity_is_one_for_shared_labels_and_minus_npos_over_nneg_otherwise():
+    labels = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 1, 0]], dtype=torch.float32)
+    shared = np.array([[1, 1, 0, 0], [1, 1, 0, 1], [0, 0, 1, 0], [0, 1, 0, 1]], dtype=bool)
+    n_pos, n_neg = shared.sum(), (~shared).sum()
+    expected = np.where(shared, 1.0, -n_pos / n_neg)
+    np.testing.assert_allclose(soft_similarity(labels).numpy(), expected, rtol=1e-6)
+    np.testing.assert_array_equal(label_graph(labels, labels).numpy(), shared.astype(np.float32))
+
+
+def test_soft_similarity_without_dissimilar_pairs_is_all_ones():
+    labels = torch.ones(3, 2)
+    np.testing.assert_array_equal(soft_similarity(labels).numpy(), np.ones((3, 3)))
+
+
+def test_dcc_objective_differs_from_the_full_objective_by_a_constant():
+    u, u_lab, u_lat, s, q = dcc_problem()
+    k = u.shape[1]
+
+    def full(b: torch.Tensor) -> float:
+        return float(
+            ((u @ b.T - k * s) ** 2).sum()
+            + 10 * ((b - u) ** 2).sum()
+            + 2 * ((b - u_lab) ** 2).sum()
+            + 0.1 * ((b - u_lat) ** 2).sum()
+        )
+
+    g = torch.Generator().manual_seed(1)
+    b1, b2 = (torch.randint(0, 2, u.shape, generator=g).double() * 2 - 1 for _ in range(2))
+    assert full(b1) - full(b2) == pytest.approx(
+        float(dcc_objective(b1, u, q) - dcc_objective(b2, u, q)), rel=1e-9
+    )
+
+
+def test_dcc_codes_are_binary_and_beat_random_codes_and_the_start():
+    u, _, _, _, q = dcc_problem()
+    b = dcc_codes(q, u)
+    assert set(torch.unique(b).tolist()) <= {-1.0, 1.0}
+    assert b.shape == q.shape
+    j = float(dcc_objective(b, u, q))
+    assert j <= float(dcc_objective(torch.where(q >= 0, 1.0, -1.0).double(), u, q))
+    g = torch.Generator().manual_seed(2)
+    randoms = [
+        float(dcc_objective(torch.randint(0, 2, u.shape, generator=g).double() * 2 - 1, u, q))
+        for _ in range(50)
+    ]
+    assert j < min(randoms)
+
+
+def test_dcc_converged_codes_cannot_be_improved_by_one_bit_flip():
+    u, _, _, _, q = dcc_problem(n=10, k=6, seed=3)
+    b = dcc_codes(q, u, sweeps=30)
+    j = float(dcc_objective(b, u, q))
+    for i in range(b.shape[0]):
+        for k in range(b.shape[1]):
+            flipped = b.clone()
+            flipped[i, k] *= -1
+            assert float(dcc_objective(flipped, u, q)) >= j - 1e-9, (i, k)
+
+
+def test_phase_parameters_split_all_parameters_between_main_and_discriminator():
+    method = SCHN(SmallCNN(), bits=16, num_classes=4)
+    main = {id(p) for p in method.phase_parameters("main")}
+    disc = {id(p) for p in method.phase_parameters("discriminator")}
+    assert disc == {id(p) for p in method.discriminators.parameters()}
+    assert not main & disc
+    assert main | disc == {id(p) for p in method.parameters()}
+    with pytest.raises(ValueError, match="no phase"):
+        method.phase_parameters("generator")
+
+
+def test_main_loss_reaches_backbone_and_hash_layers_but_not_discriminators():
+    torch.manual_seed(0)
+    method = SCHN(SmallCNN(), bits=16, num_classes=4)
+    out = method(digits_batch(12))
+    assert set(out) == {"loss", "code_img", "code_lab", "code_lat", "recon", "adversarial"}
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    for param in (
+        method.image_hash.weight,
+        method.backbone.stage1[0].weight,
+        method.label_hash.weight,
+        method.latent_hash.weight,
+        method.graph_weight.weight,
+        method.image_rec[-1].weight,
+    ):
+        assert param.grad is not None and torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0
+    assert all(p.grad is None for p in method.discriminators.parameters())
+
+
+@pytest.mark.parametrize("phase", ["main", "discriminator"])
+def test_a_phase_step_changes_exactly_that_phase_parameters(phase: str):
+    torch.manual_seed(0)
+    method = SCHN(SmallCNN(), bits=16, num_classes=4)
+    optimizers = make_optimizers(method, lr=1e-3)
+    before = {name: p.detach().clone() for name, p in method.named_parameters()}
+    optimizers[phase].zero_grad()
+    method(digits_batch(12), phase=phase)["loss"].backward()
+    optimizers[phase].step()
+    own = {id(p) for p in method.phase_parameters(phase)}
+    for name, p in method.named_parameters():
+        changed = not torch.equal(p.detach(), before[name])
+        assert changed == (id(p) in own), f"{phase} step: {name} changed={changed}"
+
+
+def test_discriminator_phase_trains_discriminators_on_detached_codes():
+    torch.manual_seed(0)
+    method = SCHN(SmallCNN(), bits=16, num_classes=4)
+    out = method(digits_batch(12), phase="discriminator")
+    assert set(out) == {"loss", "real", "fake"}
+    out["loss"].backward()
+    for name, p in method.named_parameters():
+        assert (p.grad is not None) == name.startswith("discriminators."), name
+
+
+def test_missing_labels_or_unknown_phase_raise():
+    method = SCHN(SmallCNN(), bits=8, num_classes=4)
+    batch = digits_batch(4)
+    with pytest.raises(KeyError, match="labels"):
+        method({"image": batch["image"]})
+    with pytest.raises(ValueError, match="no phase"):
+        method(batch, phase="generator")
+
+
+def test_overfit_small_batch_and_codes_follow_labels():
+    torch.manual_seed(0)
+    batch = digits_batch(24)
+    method = build_method("schn", backbone=SmallCNN(), bits=16, num_classes=4)
+    history = fit(method, lambda epoch: [batch], epochs=30, lr=1e-3)
+    losses = [h["main/loss"] for h in history]
+    assert all(np.isfinite(h["discriminator/loss"]) for h in history)
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert history[-1]["main/code_img"] < 0.5 * history[0]["main/code_img"]
+    codes = np.where(encode_batches(method, [batch]) >= 0, 1, -1)
+    dist = (16 - codes @ codes.T) / 2
+    same = (batch["labels"] @ batch["labels"].T).numpy() > 0
+    off_diag = ~np.eye(len(same), dtype=bool)
+    assert dist[same & off_diag].mean() < dist[~same].mean() - 3

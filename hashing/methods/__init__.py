@@ -29,4 +29,4 @@ def build_method(name: str, **kwargs) -> HashingMethod:
     return method_class(name)(**kwargs)
 
 
-__all__ = ["Batch", "HashingMethod", "METHODS", "build_method", "method_class"]
+__all__ = ["METHODS", "Batch", "HashingMethod", "build_method", "method_class"]

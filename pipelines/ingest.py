@@ -1,0 +1,323 @@
+"""Ingest job: images + labels/tags -> WebDataset shards + ``dataset.json`` (+ ``quarantine.json``).
+
+Writes the dataset contract of ``hashing.data.schema`` to a local folder or an ``s3://`` URI from
+
+- ``--source builtin``: the built-in Fashion-MNIST mosaic dataset (``--preset``, ``--seed``), or
+- ``--source folder``: a labels file (``--labels``) next to the images. CSV with a header
+  ``key,image,labels,tags[,split]`` where ``labels``/``tags`` are ``;``-separated, or JSON Lines with
+  the fields ``key``, ``image``, ``labels`` (list), ``tags`` (list), ``split``. ``image`` is a path
+  relative to the labels file's folder (absolute paths and ``..`` escapes are rejected); labels are
+  class indices or class names; ``key`` defaults to the image path with ``/`` and ``.`` as ``_``;
+  ``split`` defaults to ``--split``. Classes come from ``--classes a,b,c``, ``--classes FILE.txt``
+  (one per line) or a ``classes.txt`` next to the labels file. Images in other formats than
+  PNG/JPEG/WebP are re-encoded as PNG. The tag vocabulary is every tag seen, sorted.
+
+Every bad record (shard or ``file:line``, key, reason) goes to ``{output}/quarantine.json``; ``--strict``
+fails on the first one; ``--max-bad-fraction`` fails the job past it (``dataset.json`` is then not
+written). ``dataset.json`` is written last.
+
+    python pipelines/ingest.py --output runs/data/builtin-tiny --source builtin --preset tiny
+    python pipelines/ingest.py --output s3://bucket/ds --source folder --labels photos/labels.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from hashing import storage
+from hashing.data.quarantine import BadInputError, BadKind, BadSample, Quarantine, TooManyBadSamplesError
+from hashing.data.schema import QUARANTINE_NAME, SPLITS, DatasetManifest, image_extension, manifest_uri
+from hashing.data.shards import DEFAULT_SHARD_SIZE, DatasetWriter, Record
+from hashing.data.transforms import ImageDecodeError, decode_image
+
+log = logging.getLogger("ingest")
+
+DEFAULT_MAX_BAD_FRACTION = 0.01
+
+
+@dataclass(frozen=True)
+class IngestArgs:
+    """Everything the job needs; ``parse_args`` builds it from the command line."""
+
+    output: str
+    source: str = "builtin"
+    preset: str = "tiny"
+    seed: int = 0
+    labels: str | None = None
+    classes: str | None = None
+    split: str = "train"
+    name: str | None = None
+    shard_size: int = DEFAULT_SHARD_SIZE
+    max_shard_bytes: int | None = None
+    strict: bool = False
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
+    overwrite: bool = False
+    progress: bool = True
+
+
+def parse_args(argv: list[str] | None = None) -> IngestArgs:
+    """Command line -> ``IngestArgs`` (the only place that knows the flags)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--output", required=True, help="dataset root: local folder or s3://bucket/prefix")
+    p.add_argument("--source", choices=["builtin", "folder"], default="builtin")
+    p.add_argument("--preset", default="tiny", help="built-in preset (tiny, default, ...)")
+    p.add_argument("--seed", type=int, default=0, help="built-in dataset seed")
+    p.add_argument("--labels", help="folder source: labels file (.csv, or .jsonl JSON Lines)")
+    p.add_argument("--classes", help="folder source: a,b,c or a .txt file with one class per line")
+    p.add_argument("--split", default="train", choices=SPLITS, help="folder source: split of rows without one")
+    p.add_argument("--name", help="dataset name (default: builtin-PRESET, or the labels file's folder name)")
+    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="samples per shard")
+    p.add_argument("--max-shard-bytes", type=int, help="also cap shards at about this many bytes")
+    p.add_argument("--strict", action="store_true", help="fail on the first bad record")
+    p.add_argument("--max-bad-fraction", type=float, default=DEFAULT_MAX_BAD_FRACTION,
+                   help="fail when a larger fraction of the records is bad")
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset already at --output")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    a = p.parse_args(argv)
+    if a.source == "folder" and not a.labels:
+        p.error("--source folder needs --labels FILE")
+    if a.shard_size < 1:
+        p.error(f"--shard-size must be >= 1, got {a.shard_size}")
+    if not 0.0 <= a.max_bad_fraction <= 1.0:
+        p.error(f"--max-bad-fraction must be in [0, 1], got {a.max_bad_fraction}")
+    return IngestArgs(**vars(a))
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of ``image`` uint8[H, W] or uint8[H, W, 3] (deterministic for the same pixels)."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def builtin_source(preset: str, seed: int) -> tuple[list[str], list[str], int, Iterator[Record]]:
+    """``(classes, tag vocabulary, number of records, records)`` of the built-in dataset."""
+    from hashing.data.builtin import CLASSES, PRESETS, TAG_VOCABULARY, builtin_samples
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown built-in preset {preset!r}; allowed: {', '.join(sorted(PRESETS))}")
+    sizes = PRESETS[preset]
+
+    def records() -> Iterator[Record]:
+        for split in SPLITS:
+            for i, s in enumerate(builtin_samples(split, sizes[split], seed)):
+                yield Record(split=split, key=s.key, image=encode_png(s.image), labels=list(s.labels),
+                             tags=list(s.tags), source=f"builtin:{split}#{i}")
+
+    return list(CLASSES), list(TAG_VOCABULARY), sum(sizes[s] for s in SPLITS), records()
+
+
+def read_classes(spec: str | None, labels_file: Path) -> list[str]:
+    """Class names from ``a,b,c``, a ``.txt`` file (one per line), or ``classes.txt`` by the labels file."""
+    if spec and not spec.endswith(".txt"):
+        names = [c.strip() for c in spec.split(",")]
+    else:
+        path = Path(spec) if spec else labels_file.parent / "classes.txt"
+        if not path.is_file():
+            raise FileNotFoundError(f"no classes: {path} does not exist; pass --classes a,b,c or a .txt file")
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names or not all(names) or len(set(names)) != len(names):
+        raise ValueError(f"classes must be non-empty and unique, got {names}")
+    return names
+
+
+def _rows(labels_file: Path) -> Iterator[tuple[str, dict | BadSample]]:
+    """``(location, row)`` per labels-file record; rows: ``{key, image, labels: list, tags: list, split}``."""
+    name = labels_file.name
+    with labels_file.open(newline="", encoding="utf-8") as f:
+        if labels_file.suffix.lower() == ".csv":
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "image" not in reader.fieldnames:
+                raise ValueError(f"{labels_file}: CSV header must have the columns key,image,labels,tags[,split]; "
+                                 f"got {reader.fieldnames}")
+            for row in reader:
+                where = f"{name}:{reader.line_num}"
+                yield where, {"key": row.get("key") or None, "image": row.get("image") or "",
+                              "labels": [x for x in (row.get("labels") or "").split(";") if x.strip()],
+                              "tags": [x.strip() for x in (row.get("tags") or "").split(";") if x.strip()],
+                              "split": row.get("split") or None}
+            return
+        for lineno, line in enumerate(f, start=1):
+            where = f"{name}:{lineno}"
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield where, BadSample(BadKind.BAD_JSON, f"unreadable JSON line: {exc}", shard=where)
+                continue
+            if not isinstance(obj, dict) or not isinstance(obj.get("image"), str) \
+                    or not isinstance(obj.get("labels", []), list) or not isinstance(obj.get("tags", []), list):
+                yield where, BadSample(BadKind.BAD_JSON, 'expected {"image": str, "labels": [...], "tags": [...]}',
+                                       key=obj.get("key") if isinstance(obj, dict) else None, shard=where)
+                continue
+            yield where, {"key": obj.get("key"), "image": obj["image"], "labels": obj.get("labels", []),
+                          "tags": [str(t) for t in obj.get("tags", [])], "split": obj.get("split")}
+
+
+def _default_key(image_path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", image_path)
+
+
+def _label_indices(labels: list, classes: list[str]) -> list[int] | str:
+    """Class indices from indices or names; an unknown name is returned as the string itself."""
+    out = []
+    for x in labels:
+        text = str(x).strip()
+        if isinstance(x, int) or re.fullmatch(r"-?\d+", text):
+            out.append(int(text))
+        elif text in classes:
+            out.append(classes.index(text))
+        else:
+            return text
+    return out
+
+
+def _load_image(folder: Path, rel: str, key: str, where: str) -> bytes | BadSample:
+    """Encoded image bytes of ``folder/rel`` (PNG/JPEG/WebP kept, others re-encoded to PNG)."""
+    if not rel or os.path.isabs(rel):
+        return BadSample(BadKind.BAD_PATH, f"image path {rel!r} must be relative to the labels file",
+                         key=key, shard=where)
+    path = (folder / rel).resolve()
+    if not path.is_relative_to(folder):
+        return BadSample(BadKind.BAD_PATH, f"image path {rel!r} leads outside {folder}", key=key, shard=where)
+    if not path.is_file():
+        return BadSample(BadKind.MISSING_IMAGE, f"image file {rel!r} does not exist", key=key, shard=where)
+    data = path.read_bytes()
+    if image_extension(data) is not None:
+        return data
+    try:
+        return encode_png(decode_image(data, str(path)))
+    except ImageDecodeError as exc:
+        return BadSample(BadKind.CORRUPT_IMAGE, str(exc), key=key, shard=where)
+
+
+def folder_source(labels_file: str, classes: list[str], default_split: str) -> Iterator[Record | BadSample]:
+    """Records (or bad records) from a labels file; image paths resolve against its folder.
+
+    Raises FileNotFoundError at once (before anything is written) when the labels file is missing.
+    """
+    path = Path(labels_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"labels file {labels_file!r} does not exist")
+    return _folder_records(path, classes, default_split)
+
+
+def _folder_records(path: Path, classes: list[str], default_split: str) -> Iterator[Record | BadSample]:
+    folder = path.parent.resolve()
+    for where, row in _rows(path):
+        if isinstance(row, BadSample):
+            yield row
+            continue
+        key = str(row["key"]) if row["key"] is not None else _default_key(row["image"])
+        labels = _label_indices(row["labels"], classes)
+        if isinstance(labels, str):
+            yield BadSample(BadKind.UNKNOWN_LABEL, f"label {labels!r} is not a class index or one of {classes}",
+                            key=key, shard=where)
+            continue
+        image = _load_image(folder, row["image"], key, where)
+        if isinstance(image, BadSample):
+            yield image
+            continue
+        yield Record(split=row["split"] or default_split, key=key, image=image, labels=labels,
+                     tags=row["tags"], source=where)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What ``ingest`` wrote: the manifest, the quarantine report and where they are."""
+
+    root: str
+    manifest: DatasetManifest
+    quarantine: Quarantine
+
+    @property
+    def quarantine_uri(self) -> str:
+        return storage.join(self.root, QUARANTINE_NAME)
+
+
+def ingest(output: str, records: Iterable[Record | BadSample], *, name: str, classes: list[str],
+           tags: list[str] | None, total: int | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
+           max_shard_bytes: int | None = None, strict: bool = False,
+           max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION, overwrite: bool = False,
+           progress: bool = True) -> IngestResult:
+    """Validate ``records`` and write the dataset at ``output``; returns what was written.
+
+    Raises ``FileExistsError`` when ``output`` already has a ``dataset.json`` and not ``overwrite``
+    (with ``overwrite`` it is removed first, so readers never mix old and new shards),
+    ``BadInputError`` in strict mode, ``TooManyBadSamplesError`` past ``max_bad_fraction``.
+    """
+    if storage.exists(manifest_uri(output)):
+        if not overwrite:
+            raise FileExistsError(f"{manifest_uri(output)} already exists; pass --overwrite to replace it")
+        storage.delete(manifest_uri(output))
+    quarantine = Quarantine(strict=strict, max_bad_fraction=max_bad_fraction)
+    writer = DatasetWriter(output, name, classes, tags, quarantine, shard_size, max_shard_bytes)
+    try:
+        for item in tqdm(records, total=total, unit="sample", desc="ingest", disable=not progress):
+            writer.add(item)
+    except BaseException:
+        writer.abort()
+        raise
+    return IngestResult(output, writer.close(), quarantine)
+
+
+def summary_table(result: IngestResult) -> str:
+    """A small text table: per split samples, shards, bytes; then skipped records and the fingerprint."""
+    lines = [f"{'split':<10}{'samples':>10}{'shards':>8}{'bytes':>14}"]
+    for split, info in result.manifest.splits.items():
+        lines.append(f"{split:<10}{info.samples:>10}{len(info.shards):>8}{sum(s.bytes for s in info.shards):>14}")
+    samples = sum(i.samples for i in result.manifest.splits.values())
+    shards = sum(len(i.shards) for i in result.manifest.splits.values())
+    nbytes = sum(s.bytes for i in result.manifest.splits.values() for s in i.shards)
+    lines.append(f"{'total':<10}{samples:>10}{shards:>8}{nbytes:>14}")
+    q = result.quarantine
+    lines.append(f"skipped: {len(q.records)} {q.counts() or ''} -> {result.quarantine_uri}")
+    lines.append(f"dataset: {manifest_uri(result.root)} fingerprint {result.manifest.fingerprint}")
+    return "\n".join(lines)
+
+
+def run(args: IngestArgs) -> IngestResult:
+    """Run the job for parsed arguments."""
+    if args.source == "builtin":
+        classes, tags, total, records = builtin_source(args.preset, args.seed)
+        name = args.name or f"builtin-{args.preset}"
+    else:
+        labels_file = Path(args.labels)
+        classes, tags = read_classes(args.classes, labels_file), None
+        records, total = folder_source(args.labels, classes, args.split), None
+        name = args.name or labels_file.resolve().parent.name
+    return ingest(args.output, records, name=name, classes=classes, tags=tags, total=total,
+                  shard_size=args.shard_size, max_shard_bytes=args.max_shard_bytes, strict=args.strict,
+                  max_bad_fraction=args.max_bad_fraction, overwrite=args.overwrite, progress=args.progress)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: 0 on success, 2 on bad input / configuration (message logged, no traceback)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        result = run(args)
+    except (BadInputError, TooManyBadSamplesError, FileExistsError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    print(summary_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

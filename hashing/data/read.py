@@ -309,7 +309,7 @@ def read_split(root: str, split: str, preprocess: Preprocess, *, strict: bool = 
         preprocess: picklable image uint8[H, W, 3] -> float32[3, S, S] (e.g. ``transforms.Preprocess``).
         strict: fail the job on the first bad sample instead of skipping it.
         quarantine: where workers report bad samples per shard (see ``RemoteQuarantine``).
-        num_cpus: logical CPUs per decode task (0.5 keeps small machines from stalling).
+        num_cpus: logical CPUs per read and per decode task (0.5 keeps small machines from stalling).
     """
     import ray
 
@@ -321,7 +321,8 @@ def read_split(root: str, split: str, preprocess: Preprocess, *, strict: bool = 
     paths = [f"{base.rstrip('/')}/{s.path}" for s in info.shards]
     shards = {_normalise(p): (storage.join(root, s.path), s) for p, s in zip(paths, info.shards, strict=True)}
     image_shape = tuple(preprocess(np.zeros((8, 8, 3), np.uint8)).shape)
-    ds = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True, override_num_blocks=len(paths))
+    ds = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True, override_num_blocks=len(paths),
+                                    ray_remote_args={"num_cpus": num_cpus})
     return ds.map_batches(
         _decode_shard_batch,
         batch_size=1,

@@ -1,0 +1,217 @@
+"""Images -> packed codes with a trained model, and whole source shards -> code-shard parts.
+
+``Encoder`` holds one rebuilt method (eval mode) and maps preprocessed images to packed codes in
+batches. ``ShardEncoder`` is the per-batch callable of ``pipelines/encode.py``'s Ray Data job: Ray
+builds it once per actor (the model is loaded once there) and calls it on batches of whole shard
+files (``read_binary_files`` rows: ``bytes``, ``path``); for each shard it decodes the samples,
+encodes them and returns the finished Parquet part as bytes (``hashing.code_shards``), which the
+driver writes whole-file. Both work without Ray: call them directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hashing.code_shards import PartMeta, part_bytes
+from hashing.codes import pack_signs
+from hashing.data.quarantine import BadInputError, BadKind, BadSample
+from hashing.data.read import decode_sample, iter_shard
+from hashing.data.transforms import Preprocess
+from hashing.methods.base import HashingMethod
+
+log = logging.getLogger(__name__)
+
+
+class Encoder:
+    """Packed codes of images with one method.
+
+    Args:
+        method: a trained method (put in eval mode and moved to ``device`` here).
+        image_size: model input side S (``dataset.image_size`` of the model's config).
+        batch_size: images per forward pass.
+        device: ``"cpu"``, ``"cuda"``, ...
+    """
+
+    def __init__(self, method: HashingMethod, image_size: int, batch_size: int = 256, device: str = "cpu") -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.method = method.to(device).eval()
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.preprocess = Preprocess(image_size, tuple(method.backbone.mean), tuple(method.backbone.std))
+
+    @classmethod
+    def from_model_uri(cls, model_uri: str, tracking_uri: str | None = None, batch_size: int = 256,
+                       device: str = "cpu") -> Encoder:
+        """Load a logged hashing model (``models:/name/3``, ``runs:/...``) from MLflow at ``tracking_uri``."""
+        import mlflow
+
+        from hashing.tracking import load_hashing_model
+
+        if tracking_uri is not None:
+            mlflow.set_tracking_uri(tracking_uri)
+        method, config = load_hashing_model(model_uri)
+        log.info("loaded %s (%s, %d bits) on %s", model_uri, config.method.name, method.bits, device)
+        return cls(method, config.dataset.image_size, batch_size, device)
+
+    @property
+    def bits(self) -> int:
+        """Code length K."""
+        return self.method.bits
+
+    def encode_images(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Preprocessed images float32[n, 3, S, S] -> packed codes uint8[n, bits // 8]."""
+        images = torch.as_tensor(images)
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected preprocessed images float32[n, 3, S, S], got shape {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            return np.zeros((0, self.bits // 8), dtype=np.uint8)
+        with torch.inference_mode():
+            relaxed = [self.method.encode_image(chunk.to(self.device, non_blocking=True)).float().cpu()
+                       for chunk in images.split(self.batch_size)]
+        return pack_signs(torch.cat(relaxed))
+
+    def encode_raw(self, images: list[np.ndarray]) -> np.ndarray:
+        """Decoded images uint8[H, W, 3] (any size) -> packed codes uint8[n, bits // 8]."""
+        return self.encode_images(self.preprocess.batch(images))
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    """A source shard to encode: ``source_shard`` its path in the dataset (``database/shard-000004.tar``),
+    ``uri`` its full URI (for messages), ``sha256`` and ``size`` its checksum and bytes in ``dataset.json``."""
+
+    source_shard: str
+    split: str
+    uri: str
+    sha256: str
+    size: int
+
+
+@dataclass
+class EncodedShard:
+    """One shard's result: the Parquet part (bytes), rows in it, bad samples skipped, seconds spent."""
+
+    part: bytes
+    rows: int
+    bad: list[BadSample]
+    seconds: float
+
+
+class ShardEncoder:
+    """The ``map_batches`` callable: whole shard files in, one finished code-shard part per shard out.
+
+    Args:
+        model_uri: pinned model URI (``models:/name/3``), loaded once per instance.
+        tracking_uri: MLflow tracking URI to load it from (None: the process's current one).
+        shards: ``{path as the reader reports it: ShardRef}``; the path is matched without leading ``/``.
+        num_classes: c, for label validation.
+        dataset_fingerprint: written into each part's metadata.
+        batch_size: images per forward pass.
+        device: torch device of the model.
+        strict: raise ``BadInputError`` on the first bad sample instead of skipping it.
+        encoder: an already built ``Encoder`` (tests, benchmarks); then ``model_uri`` is only recorded.
+
+    Input batch: ``{"bytes": object[m] (tar file content), "path": object[m] (str)}``.
+    Output batch (one row per shard): ``source_shard`` str, ``split`` str, ``part`` bytes (Parquet),
+    ``rows`` int64, ``bad`` str (JSON list of ``BadSample.to_dict()``), ``seconds`` float64.
+    """
+
+    def __init__(self, model_uri: str, tracking_uri: str | None, shards: Mapping[str, ShardRef], num_classes: int,
+                 dataset_fingerprint: str, batch_size: int = 256, device: str = "cpu", strict: bool = False,
+                 encoder: Encoder | None = None) -> None:
+        self.encoder = encoder or Encoder.from_model_uri(model_uri, tracking_uri, batch_size, device)
+        self.model_uri = model_uri
+        self.shards = {path.lstrip("/"): ref for path, ref in shards.items()}
+        self.num_classes = num_classes
+        self.dataset_fingerprint = dataset_fingerprint
+        self.strict = strict
+
+    def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out: dict[str, list] = {"source_shard": [], "split": [], "part": [], "rows": [], "bad": [], "seconds": []}
+        for data, path in zip(batch["bytes"], batch["path"], strict=True):
+            ref = self.shards.get(str(path).lstrip("/"))
+            if ref is None:
+                raise KeyError(f"shard {path!r} is not one of the {len(self.shards)} shards this encoder was given")
+            result = self.encode_shard(bytes(data), ref)
+            out["source_shard"].append(ref.source_shard)
+            out["split"].append(ref.split)
+            out["part"].append(result.part)
+            out["rows"].append(result.rows)
+            out["bad"].append(json.dumps([b.to_dict() for b in result.bad]))
+            out["seconds"].append(result.seconds)
+        return {
+            "source_shard": np.array(out["source_shard"], dtype=object),
+            "split": np.array(out["split"], dtype=object),
+            "part": np.array(out["part"], dtype=object),
+            "rows": np.array(out["rows"], dtype=np.int64),
+            "bad": np.array(out["bad"], dtype=object),
+            "seconds": np.array(out["seconds"], dtype=np.float64),
+        }
+
+    def encode_shard(self, data: bytes, ref: ShardRef) -> EncodedShard:
+        """Decode, encode and pack one shard (``data``: the whole tar file) into its Parquet part."""
+        start = time.perf_counter()
+        bad: list[BadSample] = []
+        keys: list[str] = []
+        labels: list[list[int]] = []
+        codes: list[np.ndarray] = []
+        pending: list[np.ndarray] = []
+        for item in self._samples(data, ref):
+            if isinstance(item, BadSample):
+                if self.strict:
+                    raise BadInputError(item)
+                log.warning("skipped %s", item.describe())
+                bad.append(item)
+                continue
+            keys.append(item["key"])
+            labels.append(np.flatnonzero(item["labels"]).tolist())
+            pending.append(item["image"])
+            if len(pending) == self.encoder.batch_size:
+                codes.append(self.encoder.encode_images(np.stack(pending)))
+                pending = []
+        if pending:
+            codes.append(self.encoder.encode_images(np.stack(pending)))
+        width = self.encoder.bits // 8
+        packed = np.concatenate(codes) if codes else np.zeros((0, width), dtype=np.uint8)
+        meta = PartMeta(bits=self.encoder.bits, method=self.encoder.method.name, model_uri=self.model_uri,
+                        dataset_fingerprint=self.dataset_fingerprint, source_shard=ref.source_shard,
+                        source_sha256=ref.sha256)
+        part = part_bytes(keys, packed, labels, meta)
+        return EncodedShard(part, len(keys), bad, time.perf_counter() - start)
+
+    def _samples(self, data: bytes, ref: ShardRef) -> Iterator[dict | BadSample]:
+        """Decoded, preprocessed samples of one tar, then a record if its bytes differ from ``dataset.json``."""
+        seen: set[str] = set()
+        for raw in iter_shard(io.BytesIO(data), ref.uri):
+            if isinstance(raw, BadSample):
+                yield raw
+                if raw.kind == BadKind.TRUNCATED_TAR:
+                    return
+                continue
+            if raw["__key__"] in seen:
+                yield BadSample(BadKind.DUPLICATE_KEY, "key repeated within the shard", key=raw["__key__"],
+                                shard=ref.uri)
+                continue
+            seen.add(raw["__key__"])
+            yield decode_sample(raw, ref.uri, self.num_classes, self.encoder.preprocess)
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) != ref.size or digest != ref.sha256:
+            kind = BadKind.TRUNCATED_TAR if len(data) < ref.size else BadKind.CHECKSUM_MISMATCH
+            yield BadSample(kind, f"shard has {len(data)} bytes (sha256 {digest[:12]}...), dataset.json says "
+                            f"{ref.size} ({ref.sha256[:12]}...): changed after ingest; {len(seen)} samples "
+                            "were encoded", shard=ref.uri)
+
+
+def bad_samples_from_json(text: str) -> list[BadSample]:
+    """Parse the ``bad`` column of ``ShardEncoder`` output back into ``BadSample`` records."""
+    return [BadSample(BadKind(d["kind"]), d["detail"], d.get("key"), d.get("shard")) for d in json.loads(text)]

@@ -1,0 +1,252 @@
+"""Encode a dataset into Parquet code shards with one registered model version (a Ray Data batch job).
+
+    python pipelines/encode.py --config configs/idhn.yaml [encode.alias=champion | encode.version=3] [--force]
+    python pipelines/encode.py --config configs/idhn.yaml --nightly        (the schedule in infra/)
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python pipelines/encode.py ...
+
+Recipe: config -> dataset.json -> the model pinned to a version (``encode.version``, else
+``encode.alias``; ``--nightly``: ``champion``) -> the plan: for each split in ``encode.splits``, the source
+shards without a finished part under ``{encode.codes_root}/{model}/v{version}/{split}/`` (all of them
+with ``--force``) -> a Ray Data job: ``read_binary_files`` of those shards -> ``map_batches`` with a
+pool of ``encode.actors`` ``hashing.encoding.ShardEncoder`` actors (each loads the model once;
+``encode.batch_size`` images per forward pass; ``encode.use_gpu``) -> the driver writes each returned
+part whole-file as it arrives -> an MLflow run (model name and version, dataset fingerprint, parts
+written and skipped, rows, images/s, ``parts.json``, ``quarantine.json``) -> on success the run is
+tagged ``complete`` and the model version gets ``codes_uri`` / ``codes_dataset_fingerprint`` tags.
+
+A killed run leaves finished parts only (a part is written whole or not at all), so rerunning the
+same command encodes just the missing ones and no key is ever written twice.
+
+Nightly (``--nightly``): encodes the ``champion``. It looks up the last complete encode of this model
+and codes root in MLflow: when the champion changed since (or there is none), everything is encoded
+for the new version; otherwise only source shards added since (parts are kept per model version, so
+both come down to "what this version has no finished part for"). The decision is logged as the run's
+``mode`` tag.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from tqdm import tqdm
+
+from hashing import storage, tracking
+from hashing.code_shards import finished_parts, part_uri, split_uri, version_uri
+from hashing.config import Config, config_from_args, config_parser
+from hashing.data.quarantine import BadInputError, Quarantine, TooManyBadSamplesError
+from hashing.data.schema import DatasetManifest, UnknownSplitError, load_manifest
+from hashing.encoding import ShardEncoder, ShardRef, bad_samples_from_json
+from hashing.ray_session import init_ray
+from hashing.tracking import (
+    CHAMPION,
+    TAG_DATASET,
+    TAG_DATASET_FINGERPRINT,
+    TAG_JOB,
+    TAG_METHOD,
+    TAG_MODEL_NAME,
+    TAG_MODEL_VERSION,
+    ResolvedModel,
+)
+
+log = logging.getLogger("encode")
+
+# Encode-run tags (besides hashing.tracking's): where the codes went, how the plan was made, done or not.
+TAG_CODES_ROOT = "codes_root"
+TAG_CODES_URI = "codes_uri"
+TAG_MODE = "mode"
+TAG_COMPLETE = "complete"
+# Model-version tags set by a complete encode.
+TAG_VERSION_CODES_URI = "codes_uri"
+TAG_VERSION_CODES_FINGERPRINT = "codes_dataset_fingerprint"
+TAG_VERSION_CODES_RUN = "codes_run_id"
+
+
+@dataclass
+class EncodeResult:
+    """What one encode run did. ``written``/``skipped``: source shard paths; ``seconds``: wall time of
+    the Ray job (0 when nothing was pending)."""
+
+    model: ResolvedModel
+    codes_uri: str
+    run_id: str
+    mode: str
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    rows: int = 0
+    seconds: float = 0.0
+    quarantine: Quarantine = field(default_factory=Quarantine)
+
+    @property
+    def images_per_s(self) -> float:
+        """Rows written per wall-clock second of the Ray job."""
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: 0 on success, 2 on bad input or a missing model/dataset (message logged, no traceback)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = config_parser("Encode a dataset into Parquet code shards with a registered model version.")
+    parser.add_argument("--nightly", action="store_true",
+                        help="encode the champion: everything if it changed since the last complete encode, "
+                             "else only new source shards")
+    parser.add_argument("--force", action="store_true", help="rewrite parts that already exist (encode.force)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    args = parser.parse_args(argv)
+    config = config_from_args(parser, args)
+    try:
+        result = run_encode(config, nightly=args.nightly, force=args.force or config.encode.force,
+                            progress=args.progress)
+    except (FileNotFoundError, LookupError, ValueError, BadInputError, TooManyBadSamplesError) as exc:
+        log.error("%s", exc)
+        return 2
+    print(f"model:  models:/{result.model.name}/{result.model.version} ({result.mode})")
+    print(f"codes:  {result.codes_uri}")
+    print(f"parts:  {len(result.written)} written, {len(result.skipped)} skipped (already finished)")
+    print(f"rows:   {result.rows} in {result.seconds:.1f} s ({result.images_per_s:.1f} images/s)")
+    print(f"run:    {result.run_id} at {tracking.tracking_uri(config)}")
+    return 0
+
+
+def run_encode(config: Config, nightly: bool = False, force: bool = False, progress: bool = True) -> EncodeResult:
+    """Plan, run and record one encode job (see the module docstring); returns what it did.
+
+    Raises:
+        FileNotFoundError / ValueError: no or a bad dataset at ``dataset.uri``.
+        LookupError: the model, version or alias does not exist.
+        TooManyBadSamplesError / BadInputError: bad samples past ``data.max_bad_fraction`` / in strict mode.
+    """
+    manifest = load_manifest(config.dataset.uri)
+    tracking.setup_tracking(config)
+    tracking.set_experiment(config, manifest.name)
+    ref = config.encode.model_copy(update={"alias": CHAMPION, "version": None}) if nightly else config.encode
+    model = tracking.resolve_section_model(ref, config.method.name, manifest.name)
+    if model.name is None or model.version is None:
+        raise ValueError(f"encode.model={config.encode.model!r} is not a registered model: code shards are kept "
+                         "per registered version; give a registered name, models:/name/N or models:/name@alias")
+    mode = nightly_mode(config.encode.codes_root, model) if nightly else ("forced" if force else "incremental")
+    pending, skipped = plan(config, manifest, model, force)
+    codes_uri = version_uri(config.encode.codes_root, model.name, model.version)
+    log.info("%s v%d: %d parts to write, %d finished (%s) -> %s", model.name, model.version, len(pending),
+             len(skipped), mode, codes_uri)
+
+    with mlflow.start_run(run_name=config.run.name or f"encode-{model.name}-v{model.version}") as run:
+        mlflow.set_tags({
+            TAG_JOB: "encode", TAG_METHOD: config.method.name, TAG_MODEL_NAME: model.name,
+            TAG_MODEL_VERSION: str(model.version), TAG_DATASET: manifest.name,
+            TAG_DATASET_FINGERPRINT: manifest.fingerprint, TAG_CODES_ROOT: config.encode.codes_root,
+            TAG_CODES_URI: codes_uri, TAG_MODE: mode, TAG_COMPLETE: "false", "nightly": str(nightly).lower(),
+        })
+        mlflow.log_params({"model_uri": model.uri, "splits": json.dumps(config.encode.splits),
+                           "batch_size": config.encode.batch_size, "actors": config.encode.actors,
+                           "cpus_per_actor": config.encode.cpus_per_actor, "use_gpu": config.encode.use_gpu,
+                           "force": force})
+        result = EncodeResult(model, codes_uri, run.info.run_id, mode, skipped=sorted(skipped),
+                              quarantine=Quarantine(strict=config.data.strict,
+                                                    max_bad_fraction=config.data.max_bad_fraction))
+        if pending:
+            run_job(config, manifest, model, pending, result, progress)
+        mlflow.log_metrics({"parts_written": len(result.written), "parts_skipped": len(result.skipped),
+                            "rows": result.rows, "seconds": result.seconds, "images_per_s": result.images_per_s,
+                            "bad_samples": len(result.quarantine.records)})
+        mlflow.log_dict({"codes_uri": codes_uri, "written": sorted(result.written), "skipped": result.skipped},
+                        "parts.json")
+        mlflow.log_dict(result.quarantine.to_dict(), "quarantine.json")
+        result.quarantine.check()
+        mlflow.set_tag(TAG_COMPLETE, "true")
+    client = MlflowClient()
+    for key, value in ((TAG_VERSION_CODES_URI, codes_uri), (TAG_VERSION_CODES_FINGERPRINT, manifest.fingerprint),
+                       (TAG_VERSION_CODES_RUN, result.run_id)):
+        client.set_model_version_tag(model.name, str(model.version), key, value)
+    return result
+
+
+def nightly_mode(codes_root: str, model: ResolvedModel) -> str:
+    """``full`` when the last complete encode of ``model.name`` into ``codes_root`` was of another version
+    (or there is none), else ``incremental``; the reason is logged."""
+    runs = mlflow.search_runs(
+        filter_string=(f"tags.{TAG_JOB} = 'encode' and tags.{TAG_COMPLETE} = 'true' and "
+                       f"tags.{TAG_MODEL_NAME} = '{model.name}' and tags.{TAG_CODES_ROOT} = '{codes_root}'"),
+        order_by=["attributes.start_time DESC"], max_results=1, output_format="list",
+    )
+    if not runs:
+        log.info("nightly: no complete encode of %s into %s yet: encoding everything with champion v%d",
+                 model.name, codes_root, model.version)
+        return "full"
+    last = int(runs[0].data.tags[TAG_MODEL_VERSION])
+    if last != model.version:
+        log.info("nightly: champion changed from v%d (run %s) to v%d: encoding everything", last,
+                 runs[0].info.run_id, model.version)
+        return "full"
+    log.info("nightly: champion v%d unchanged since run %s: encoding new source shards only", last,
+             runs[0].info.run_id)
+    return "incremental"
+
+
+def plan(config: Config, manifest: DatasetManifest, model: ResolvedModel,
+         force: bool) -> tuple[dict[str, ShardRef], list[str]]:
+    """``({reader path: ShardRef} to encode, [source shards already finished])`` over ``encode.splits``."""
+    _, base = storage.filesystem(config.dataset.uri)  # the reader reports paths as this filesystem names them
+    pending: dict[str, ShardRef] = {}
+    skipped: list[str] = []
+    for split in config.encode.splits:
+        try:
+            shards = manifest.split(split).shards
+        except UnknownSplitError as exc:
+            raise ValueError(f"encode.splits: {exc}") from None
+        done = {} if force else finished_parts(
+            split_uri(config.encode.codes_root, model.name, model.version, split), {s.path: s.sha256 for s in shards})
+        skipped += list(done)
+        for s in shards:
+            if s.path not in done:
+                ref = ShardRef(s.path, split, storage.join(config.dataset.uri, s.path), s.sha256, s.bytes)
+                pending[f"{base.rstrip('/')}/{s.path}".lstrip("/")] = ref
+    return pending, skipped
+
+
+def run_job(config: Config, manifest: DatasetManifest, model: ResolvedModel, pending: dict[str, ShardRef],
+            result: EncodeResult, progress: bool) -> None:
+    """The Ray Data job over ``pending``; writes each part as it arrives and fills ``result``."""
+    import ray
+
+    started = init_ray(config.ray.address, config.ray.num_cpus)
+    try:
+        enc = config.encode
+        fs, _ = storage.ray_filesystem(config.dataset.uri)
+        paths = list(pending)
+        start = time.perf_counter()
+        data = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True, override_num_blocks=len(paths))
+        parts = data.map_batches(
+            ShardEncoder,
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=min(enc.actors, len(paths))),
+            num_cpus=enc.cpus_per_actor,
+            num_gpus=1 if enc.use_gpu else 0,
+            fn_constructor_kwargs={
+                "model_uri": model.uri, "tracking_uri": tracking.tracking_uri(config), "shards": pending,
+                "num_classes": len(manifest.classes), "dataset_fingerprint": manifest.fingerprint,
+                "batch_size": enc.batch_size, "device": "cuda" if enc.use_gpu else "cpu",
+                "strict": config.data.strict,
+            },
+        )
+        for row in tqdm(parts.iter_rows(), total=len(paths), unit="part", desc="encode", disable=not progress):
+            root = split_uri(enc.codes_root, model.name, model.version, row["split"])
+            storage.write_bytes(part_uri(root, row["source_shard"]), row["part"])
+            result.written.append(row["source_shard"])
+            result.rows += int(row["rows"])
+            bad = bad_samples_from_json(row["bad"])
+            result.quarantine.merge(int(row["rows"]), bad)
+        result.seconds = time.perf_counter() - start
+    finally:
+        if started:
+            ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

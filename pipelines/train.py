@@ -1,0 +1,244 @@
+"""Train a hashing method as a Ray Train job (DDP), evaluate it, and register it in MLflow.
+
+    python pipelines/train.py --config configs/idhn.yaml [key=value ...]
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python pipelines/train.py --config configs/idhn.yaml
+
+Recipe: config -> MLflow tracking -> Ray Data training split -> ``TorchTrainer.fit`` (DDP workers run
+``hashing.train_worker.train_loop_per_worker``; checkpoints every epoch, and every
+``train.checkpoint_every_steps`` steps, into ``train.storage_path``; ``train.max_failures`` restarts
+from the last checkpoint) -> final evaluation of query vs database codes -> model logged, registered
+as ``hashing-{method}-{dataset}`` with the alias ``challenger`` -> a summary of where results are.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+
+import mlflow
+import numpy as np
+import torch
+
+from hashing import storage
+from hashing.checkpoints import load_training_state
+from hashing.codes import pack_signs
+from hashing.config import Config, config_to_dict, parse_cli
+from hashing.data.quarantine import BadInputError, Quarantine, TooManyBadSamplesError
+from hashing.data.read import TORCH_COLUMNS, RemoteQuarantine, iter_split, read_split
+from hashing.data.schema import DatasetManifest, load_manifest
+from hashing.data.transforms import Preprocess
+from hashing.methods.base import HashingMethod
+from hashing.metrics import pr_curve, retrieval_report
+from hashing.models import build_backbone
+from hashing.ray_session import init_ray
+from hashing.tracking import (
+    CHALLENGER,
+    TAG_DATASET,
+    TAG_DATASET_FINGERPRINT,
+    TAG_JOB,
+    TAG_METHOD,
+    log_config,
+    log_hashing_model,
+    log_png,
+    register_model,
+    registered_model_name,
+    set_experiment,
+    setup_tracking,
+)
+from hashing.train_worker import TRAIN_DATASET, build_training_method, train_loop_per_worker
+from hashing.training import encode_batches
+
+log = logging.getLogger("train")
+
+EVAL_BATCH_ROWS = 256  # images per forward pass in the final evaluation
+
+
+class TrainingFailed(RuntimeError):
+    """Ray Train gave up (a worker error with no restarts left); the message says where the checkpoints are."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: 0 on success, 2 on bad input (message logged, no traceback)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = parse_cli(argv, description="Train a hashing method with Ray Train (DDP) and register it in MLflow.")
+    try:
+        manifest = load_manifest(config.dataset.uri)
+    except (FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+
+    tracking_uri = setup_tracking(config)
+    set_experiment(config, manifest.name)
+    started_ray = init_ray(config.ray.address, config.ray.num_cpus)
+    try:
+        preprocess = make_preprocess(config)
+        quarantine = RemoteQuarantine(config.data.max_bad_fraction)
+        train_data = read_training_split(config, preprocess, quarantine)
+        with mlflow.start_run(run_name=config.run.name) as run:
+            log_config(config)
+            mlflow.set_tags({TAG_JOB: "train", TAG_METHOD: config.method.name, TAG_DATASET: manifest.name,
+                             TAG_DATASET_FINGERPRINT: manifest.fingerprint})
+            result = fit(config, manifest, train_data, run_name=f"train-{run.info.run_id}")
+            log_training(result, quarantine.result())
+            method = load_trained_method(config, manifest, result.checkpoint)
+            report = evaluate(method, config, preprocess)
+            model_uri = log_hashing_model(method, config, extra={
+                "dataset": manifest.name, "dataset_fingerprint": manifest.fingerprint})
+            model_name = registered_model_name(config.method.name, manifest.name)
+            version = register_model(model_uri, model_name, CHALLENGER, tags={
+                TAG_DATASET: manifest.name, TAG_DATASET_FINGERPRINT: manifest.fingerprint,
+                "run_id": run.info.run_id})
+    except (BadInputError, TooManyBadSamplesError) as exc:
+        log.error("%s", exc)
+        return 2
+    except TrainingFailed as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+    print(f"run:         {run.info.run_id} (experiment {run.info.experiment_id}) at {tracking_uri}")
+    print(f"model:       models:/{model_name}/{version} (@{CHALLENGER}), {model_uri}")
+    print(f"checkpoints: {result.path}")
+    print("metrics:     " + ", ".join(f"{k}={v:.4f}" for k, v in report.items()))
+    return 0
+
+
+def make_preprocess(config: Config) -> Preprocess:
+    """Image uint8[H, W, 3] -> float32[3, S, S] with the backbone's own mean/std (S = dataset.image_size)."""
+    backbone = build_backbone(config.model.backbone, pretrained=False)
+    return Preprocess(config.dataset.image_size, backbone.mean, backbone.std)
+
+
+def read_training_split(config: Config, preprocess: Preprocess, quarantine: RemoteQuarantine):
+    """The ``train`` split as a Ray dataset of the tensor columns (``image``, ``labels``, ``tags``);
+    bad samples are skipped into ``quarantine`` (or fail the run with ``data.strict``)."""
+    data = read_split(config.dataset.uri, "train", preprocess, strict=config.data.strict, quarantine=quarantine,
+                      num_cpus=0.5)
+    return data.select_columns(list(TORCH_COLUMNS))
+
+
+def fit(config: Config, manifest: DatasetManifest, train_data, run_name: str):
+    """Run ``TorchTrainer.fit``; return its ``ray.train.Result`` (raises if training failed for good)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train.torch import TorchTrainer
+
+    fs, path = storage.ray_filesystem(config.train.storage_path)
+    resources = {"CPU": config.train.cpus_per_worker}
+    if config.train.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": config_to_dict(config),
+            "num_classes": len(manifest.classes),
+            "tag_vocab_size": len(manifest.tags or []),
+        },
+        scaling_config=ScalingConfig(num_workers=config.train.num_workers, use_gpu=config.train.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=path,
+            storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=config.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.train.checkpoints_to_keep),
+        ),
+        datasets={TRAIN_DATASET: train_data},
+    )
+    try:
+        return trainer.fit()
+    except TrainingFailedError as exc:
+        where = storage.join(config.train.storage_path, run_name)
+        raise TrainingFailed(f"training failed (train.max_failures={config.train.max_failures} restarts "
+                             f"allowed; checkpoints under {where}): {exc}") from exc
+
+
+def log_training(result, quarantine: Quarantine) -> None:
+    """Per-epoch losses (``train/<term>`` at step = epoch), the step count, restarts, nodes and the
+    samples skipped as bad (``quarantine.json``); raises ``TooManyBadSamplesError`` past the limit."""
+    summary = result.return_value
+    for row in summary["epoch_losses"]:
+        epoch = int(row["epoch"])
+        mlflow.log_metrics({f"train/{k}": v for k, v in row.items() if k not in ("epoch", "step", "steps")},
+                           step=epoch)
+    mlflow.log_metrics({"train/steps": summary["step"], "train/resumed_from_step": summary["resumed_from_step"]})
+    mlflow.set_tags({"checkpoint_path": result.path, "train_nodes": ",".join(sorted(set(summary["worker_nodes"])))})
+    mlflow.log_dict(quarantine.to_dict(), "quarantine.json")
+    quarantine.check()
+
+
+def load_trained_method(config: Config, manifest: DatasetManifest, checkpoint) -> HashingMethod:
+    """The method with the weights of the run's last checkpoint (eval mode, CPU)."""
+    method = build_training_method(config, len(manifest.classes), len(manifest.tags or []))
+    with checkpoint.as_directory() as folder:
+        progress = load_training_state(folder, method)
+    log.info("final model from the checkpoint at step %d", progress.step)
+    return method.eval()
+
+
+def split_batches(config: Config, split: str, preprocess: Preprocess) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of ``EVAL_BATCH_ROWS`` samples of ``split``: ``image`` float32[b, 3, S, S], ``labels``, ``tags``."""
+    rows: list[dict] = []
+    quarantine = Quarantine(strict=config.data.strict, max_bad_fraction=config.data.max_bad_fraction)
+    for sample in iter_split(config.dataset.uri, split, preprocess, quarantine=quarantine):
+        rows.append(sample)
+        if len(rows) == EVAL_BATCH_ROWS:
+            yield {k: torch.from_numpy(np.stack([r[k] for r in rows])) for k in TORCH_COLUMNS}
+            rows = []
+    if rows:
+        yield {k: torch.from_numpy(np.stack([r[k] for r in rows])) for k in TORCH_COLUMNS}
+    quarantine.check()
+
+
+def encode_split(method: HashingMethod, config: Config, split: str, preprocess: Preprocess) -> tuple[np.ndarray, np.ndarray]:
+    """Codes uint8[n, bits // 8] and multi-hot labels uint8[n, c] of every good sample of ``split``."""
+    labels: list[np.ndarray] = []
+
+    def batches() -> Iterator[dict[str, torch.Tensor]]:
+        for batch in split_batches(config, split, preprocess):
+            labels.append(batch["labels"].numpy().astype(np.uint8))
+            yield batch
+
+    codes = pack_signs(encode_batches(method, batches()))
+    return codes, np.concatenate(labels)
+
+
+def evaluate(method: HashingMethod, config: Config, preprocess: Preprocess) -> dict[str, float]:
+    """Query vs database retrieval metrics (``hashing.metrics``) and a PR-curve PNG, logged to the run."""
+    q_codes, q_labels = encode_split(method, config, "query", preprocess)
+    db_codes, db_labels = encode_split(method, config, "database", preprocess)
+    ev = config.evaluate
+    report = retrieval_report(q_codes, db_codes, q_labels, db_labels, topk=ev.topk, ndcg_k=ev.ndcg_k,
+                              radius=ev.radius)
+    report = {metric_key(k): v for k, v in report.items()}
+    mlflow.log_metrics(report)
+    if ev.plots:
+        precision, recall = pr_curve(q_codes, db_codes, q_labels, db_labels)
+        log_png(pr_figure(precision, recall, f"{config.method.name}, {config.model.bits} bits"), "plots/pr_curve.png")
+    return report
+
+
+def metric_key(name: str) -> str:
+    """MLflow-safe metric name (no ``@``): ``map@100`` -> ``map_at_100``, ``p@r2`` -> ``p_at_r2``."""
+    return name.replace("@", "_at_")
+
+
+def pr_figure(precision: np.ndarray, recall: np.ndarray, title: str):
+    """Precision-recall curve of Hamming-ball retrieval (one point per radius 0..K)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5, 4))
+    ax = figure.subplots()
+    ax.plot(recall, precision, marker=".")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=f"PR curve ({title})")
+    ax.grid(alpha=0.3)
+    return figure
+
+
+if __name__ == "__main__":
+    sys.exit(main())

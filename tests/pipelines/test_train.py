@@ -1,0 +1,277 @@
+"""pipelines/train.py: clear errors, and end to end on the tiny dataset with configs/test.yaml.
+
+The end-to-end tests run the job as a user does, in its own process tree (so killing a worker never
+touches another Ray instance on the machine): through ``ray job submit`` to a local head, as
+``python pipelines/train.py`` with a training worker SIGKILLed mid-run, and against a two-node
+``ray.cluster_utils.Cluster``. They read the results back from the run's MLflow sqlite database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+MODEL_NAME = "hashing-idhn-builtin-tiny"
+JOB_TIMEOUT_S = 420
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """This venv first on PATH (``ray job submit`` runs ``python``), quiet Ray and MLflow."""
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+               RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
+    env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(extra)
+    return env
+
+
+def _train_args(root: Path, dataset: str, *overrides: str) -> list[str]:
+    return ["pipelines/train.py", "--config", "configs/test.yaml", f"run.root={root}", f"dataset.uri={dataset}",
+            *overrides]
+
+
+def _descendants(pid: int) -> list[int]:
+    """Process ids below ``pid`` (Linux /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        children = [child for child, parent in parents.items() if parent == current]
+        found += children
+        todo += children
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _client(root: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db", registry_uri=f"sqlite:///{root}/mlflow.db")
+
+
+def _only_run(root: Path):
+    client = _client(root)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return runs[0]
+
+
+def _metric_history(root: Path, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in _client(root).get_metric_history(run_id, key)]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- fast: bad input is one clear message ---------------------------------------------------------------
+
+
+def test_a_bad_config_value_names_the_key(capsys: pytest.CaptureFixture[str]) -> None:
+    from pipelines.train import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(REPO / "configs/test.yaml"), "train.num_workers=0", "train.max_failures=maybe"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "train.num_workers" in err and "train.max_failures" in err
+
+
+def test_a_missing_dataset_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from pipelines.train import main
+
+    assert main(["--config", str(REPO / "configs/test.yaml"), f"run.root={tmp_path}",
+                 f"dataset.uri={tmp_path / 'nothing'}"]) == 2
+    assert "dataset.json" in caplog.text and "ingest" in caplog.text
+
+
+# --- end to end -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ray_head() -> Iterator[str]:
+    """A local Ray head (``ray start --head --block``, dashboard and job server on 127.0.0.1, auth off for
+    local development); yields the job server URL. Stopped by terminating that ``ray start`` process,
+    which takes its own children down (never ``ray stop``, which would stop every Ray on the machine)."""
+    port, dashboard = _free_port(), _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    url = f"http://127.0.0.1:{dashboard}"
+    with open(Path(temp_dir, "ray-start.log"), "w") as log:
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={port}",
+             f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1",
+             "--num-cpus=4", "--include-dashboard=true", f"--temp-dir={temp_dir}"],
+            env=_env(RAY_AUTH_MODE="disabled", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0"), stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                assert proc.poll() is None, Path(temp_dir, "ray-start.log").read_text()[-3000:]
+                try:
+                    with urllib.request.urlopen(f"{url}/api/version", timeout=2):
+                        break
+                except OSError:
+                    assert time.monotonic() < deadline, "the Ray head did not come up within 120 s"
+                    time.sleep(0.5)
+            yield url
+        finally:
+            _stop(proc)
+
+
+@pytest.mark.slow
+def test_ray_job_submit_trains_evaluates_and_registers_a_loadable_model(
+    ray_head: str, tiny_dataset: str, tmp_path: Path
+) -> None:
+    import mlflow
+
+    from hashing.data.schema import load_manifest
+    from hashing.metrics import retrieval_report
+    from hashing.tracking import load_hashing_model
+    from pipelines.train import encode_split, make_preprocess, metric_key
+
+    root = tmp_path / "run"
+    done = subprocess.run(
+        [str(VENV_BIN / "ray"), "job", "submit", "--address", ray_head, "--working-dir", ".", "--",
+         "python", *_train_args(root, tiny_dataset)],
+        cwd=REPO, env=_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=JOB_TIMEOUT_S, check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0 and "succeeded" in output, output[-5000:]
+
+    run = _only_run(root)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["method.name"] == "idhn" and run.data.params["train.num_workers"] == "2"
+    assert run.data.tags["dataset_fingerprint"] == load_manifest(tiny_dataset).fingerprint
+    assert [step for step, _ in _metric_history(root, run.info.run_id, "train/loss")] == [0]
+    client = _client(root)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "plots"} <= artifacts
+    png = Path(client.download_artifacts(run.info.run_id, "plots/pr_curve.png", str(tmp_path)))
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+    version = client.get_model_version_by_alias(MODEL_NAME, "challenger")
+    assert version.run_id == run.info.run_id and int(version.version) == 1
+
+    # The registered model loads without pickle and reproduces the metrics the run logged.
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    try:
+        method, config = load_hashing_model(f"models:/{MODEL_NAME}@challenger")
+    finally:
+        mlflow.set_tracking_uri(None)
+    preprocess = make_preprocess(config)
+    q_codes, q_labels = encode_split(method, config, "query", preprocess)
+    db_codes, db_labels = encode_split(method, config, "database", preprocess)
+    assert q_codes.shape[1] == 16 // 8 and q_codes.dtype == np.uint8
+    report = retrieval_report(q_codes, db_codes, q_labels, db_labels, topk=config.evaluate.topk,
+                              ndcg_k=config.evaluate.ndcg_k, radius=config.evaluate.radius)
+    for key, value in report.items():
+        assert run.data.metrics[metric_key(key)] == pytest.approx(value, abs=1e-9), key
+
+
+def _latest_checkpoint(storage: Path) -> str | None:
+    """Name of the latest checkpoint Ray Train has registered under ``storage`` (None before the first)."""
+    for snapshot in storage.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+        except (OSError, json.JSONDecodeError):
+            continue
+        if latest:
+            return json.dumps(latest)
+    return None
+
+
+@pytest.mark.slow
+def test_a_killed_worker_restarts_from_the_last_checkpoint(tiny_dataset: str, tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    epochs = 4
+    proc = subprocess.Popen(
+        [sys.executable, *_train_args(root, tiny_dataset, f"train.epochs={epochs}", "train.max_failures=2",
+                                      "ray.num_cpus=4")],
+        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while _latest_checkpoint(root / "train") is None:
+            assert proc.poll() is None, proc.stdout.read()[-5000:]
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.2)
+        workers = [pid for pid in _descendants(proc.pid) if "RayTrainWorker" in _cmdline(pid)]
+        assert len(workers) == 2, [(pid, _cmdline(pid)[:80]) for pid in _descendants(proc.pid)]
+        os.kill(workers[-1], signal.SIGKILL)
+        output, _ = proc.communicate(timeout=JOB_TIMEOUT_S)
+    finally:
+        _stop(proc)
+    assert proc.returncode == 0, output[-5000:]
+
+    run = _only_run(root)
+    resumed_from = run.data.metrics["train/resumed_from_step"]
+    steps = run.data.metrics["train/steps"]
+    per_epoch = steps / epochs
+    # The attempt that finished started from a checkpoint (step > 0) and did not count from 0 again.
+    assert 0 < resumed_from < steps and per_epoch == int(per_epoch), (resumed_from, steps)
+    assert [step for step, _ in _metric_history(root, run.info.run_id, "train/loss")] == list(range(epochs))
+    assert _client(root).get_model_version_by_alias(MODEL_NAME, "challenger").run_id == run.info.run_id
+
+
+@pytest.mark.slow
+def test_two_workers_train_on_two_nodes(tiny_dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray.cluster_utils import Cluster
+
+    root = tmp_path / "run"
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    # 2 logical CPUs per node and 1.5 per worker: the workers cannot share a node, and each node keeps
+    # 0.5 CPU for Ray Data's read tasks.
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    try:
+        worker_node = cluster.add_node(num_cpus=2)
+        cluster.wait_for_nodes()
+        expected_nodes = {cluster.head_node.node_id, worker_node.node_id}
+        done = subprocess.run(
+            [sys.executable, *_train_args(root, tiny_dataset, f"ray.address={cluster.address}",
+                                          "train.cpus_per_worker=1.5")],
+            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=JOB_TIMEOUT_S, check=False,
+        )
+    finally:
+        cluster.shutdown()
+    assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+    nodes = set(_only_run(root).data.tags["train_nodes"].split(","))
+    assert nodes == expected_nodes

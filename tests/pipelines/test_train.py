@@ -258,16 +258,16 @@ def test_two_workers_train_on_two_nodes(tiny_dataset: str, tmp_path: Path, monke
 
     root = tmp_path / "run"
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    # 2 logical CPUs per node and 1.5 per worker: the workers cannot share a node, and each node keeps
-    # 0.5 CPU for Ray Data's read tasks.
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    # 3 logical CPUs per node and 2 per worker: the workers cannot share a node, and each node keeps
+    # 1 CPU for Ray Data's read and decode tasks.
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 3, "include_dashboard": False})
     try:
-        worker_node = cluster.add_node(num_cpus=2)
+        worker_node = cluster.add_node(num_cpus=3)
         cluster.wait_for_nodes()
         expected_nodes = {cluster.head_node.node_id, worker_node.node_id}
         done = subprocess.run(
             [sys.executable, *_train_args(root, tiny_dataset, f"ray.address={cluster.address}",
-                                          "train.cpus_per_worker=1.5")],
+                                          "train.cpus_per_worker=2")],
             cwd=REPO, env=_env(), capture_output=True, text=True, timeout=JOB_TIMEOUT_S, check=False,
         )
     finally:

@@ -211,15 +211,16 @@ def list_parts(split_root: str) -> dict[str, str]:
     return out
 
 
-def finished_parts(split_root: str, shards: Mapping[str, str]) -> dict[str, str]:
+def finished_parts(split_root: str, shards: Mapping[str, str], model_uri: str) -> dict[str, str]:
     """The source shards whose part is finished: ``{source shard: part URI}``.
 
     Args:
         split_root: from ``split_uri``.
         shards: ``{source shard path: sha256}`` of the dataset's current shards (``dataset.json``).
+        model_uri: the pinned model (``models:/name/3``) the parts must have been written by.
 
-    A part counts when it exists and its ``source_sha256`` equals the shard's checksum; stale and
-    unreadable parts are logged and left out (a rerun rewrites them).
+    A part counts when it exists, was written by ``model_uri`` and its ``source_sha256`` equals the
+    shard's checksum; stale, foreign and unreadable parts are logged and left out (a rerun rewrites them).
     """
     present = list_parts(split_root)
     candidates = {s: present[part_name(s)] for s in shards if part_name(s) in present}
@@ -231,9 +232,9 @@ def finished_parts(split_root: str, shards: Mapping[str, str]) -> dict[str, str]
         except CodeShardError as exc:
             log.warning("ignoring %s", exc)
             return shard, None
-        if meta.source_sha256 != shards[shard] or meta.source_shard != shard:
-            log.info("%s is stale (written for %s sha256 %.12s..., now %.12s...)", uri, meta.source_shard,
-                     meta.source_sha256, shards[shard])
+        if meta.source_sha256 != shards[shard] or meta.source_shard != shard or meta.model_uri != model_uri:
+            log.info("%s is stale (written by %s for %s sha256 %.12s..., now %s and %.12s...)", uri,
+                     meta.model_uri, meta.source_shard, meta.source_sha256, model_uri, shards[shard])
             return shard, None
         return shard, uri
 

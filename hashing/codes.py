@@ -14,10 +14,10 @@ import numpy as np
 MIN_BITS = 8
 MAX_BITS = 1024
 # Elements (query rows x database rows) in one block of the distance kernels: keeps the uint64
-# temporaries inside the CPU cache instead of allocating m x n of them.
-_BLOCK_ELEMENTS = 1 << 16
-_BLOCK_COLUMNS = 4096
-# Keys held at once by topk_hamming (query block x (database chunk + k)).
+# temporaries (2 MB) inside the CPU cache instead of allocating m x n of them.
+_BLOCK_ELEMENTS = 1 << 18
+_BLOCK_COLUMNS = 16384
+# Distances held at once by topk_hamming (query block x database chunk).
 _TOPK_BLOCK_ELEMENTS = 1 << 20
 
 
@@ -141,29 +141,40 @@ def common_bits_into(a_words: np.ndarray, b_words: np.ndarray, out: np.ndarray) 
 
 
 def _popcount_pairs(op: np.ufunc, a_words: np.ndarray, b_words: np.ndarray, out: np.ndarray) -> None:
-    """``out[i, j] = popcount(op(a_words[i], b_words[j]))`` summed over words, in cache-sized blocks."""
-    if a_words.shape[1] != b_words.shape[1]:
-        raise ValueError(f"word counts differ: {a_words.shape[1]} vs {b_words.shape[1]}")
+    """``out[i, j] = popcount(op(a_words[i], b_words[j]))`` summed over words, in cache-sized blocks.
+
+    Counts are summed in the narrowest dtype that holds them (uint8 up to 192 bits, else uint16) and
+    cast into ``out`` once per block: cheaper than adding into a wide ``out`` word by word.
+    """
+    words = a_words.shape[1]
+    if words != b_words.shape[1]:
+        raise ValueError(f"word counts differ: {words} vs {b_words.shape[1]}")
     m, n = out.shape
     b_words_t = np.ascontiguousarray(b_words.T)
     n_block = min(max(n, 1), _BLOCK_COLUMNS)
     m_block = max(1, _BLOCK_ELEMENTS // n_block)
     combined = np.empty((m_block, n_block), dtype=np.uint64)
+    total_dtype = np.uint8 if 64 * words <= 255 else np.uint16
+    direct = out.dtype == total_dtype  # sum straight into out, no cast needed
+    total = None if direct else np.empty((m_block, n_block), dtype=total_dtype)
     count = np.empty((m_block, n_block), dtype=np.uint8)
     for i in range(0, m, m_block):
         rows = a_words[i : i + m_block]
         for j in range(0, n, n_block):
             cols = slice(j, min(j + n_block, n))
             x = combined[: rows.shape[0], : cols.stop - j]
-            c = count[: rows.shape[0], : cols.stop - j]
             target = out[i : i + rows.shape[0], cols]
-            for w in range(a_words.shape[1]):
+            t = target if direct else total[: rows.shape[0], : cols.stop - j]
+            c = count[: rows.shape[0], : cols.stop - j]
+            for w in range(words):
                 op(rows[:, w : w + 1], b_words_t[w, cols], out=x)
                 if w == 0:
-                    np.bitwise_count(x, out=target)
+                    np.bitwise_count(x, out=t)
                 else:
                     np.bitwise_count(x, out=c)
-                    np.add(target, c, out=target)
+                    np.add(t, c, out=t)
+            if not direct:
+                target[...] = t
 
 
 def topk_hamming(
@@ -172,8 +183,10 @@ def topk_hamming(
     """Exact top-k nearest database codes by Hamming distance, with deterministic ties.
 
     Results are ordered by (distance, database position) ascending, so equal distances come in
-    database order. The database is scanned in chunks of ``chunk_size`` rows and queries in blocks,
-    so temporary memory stays near ``2 * 2**20`` keys however large the database is.
+    database order. The database is scanned in chunks of ``chunk_size`` rows and queries in blocks;
+    once a query holds k candidates, a chunk row can only enter with a distance below the query's
+    current k-th distance, so later chunks cost a distance pass and a comparison, not a selection.
+    Temporary memory stays near ``2**20`` distances (plus k keys per query) however large the database is.
 
     Args:
         queries: codes uint8[m, B].
@@ -195,31 +208,53 @@ def topk_hamming(
         return np.zeros((m, k), dtype=np.int32), np.zeros((m, k), dtype=np.int64)
     # One sortable key per (distance, position): distance << shift | position. Sorting keys sorts
     # by distance, then position, and the keys are unique, so no tie needs fixing afterwards.
+    bits = database.shape[1] * 8
     shift = max(1, (n - 1).bit_length())
-    key_dtype = np.int32 if (database.shape[1] * 8 + 1) << shift <= np.iinfo(np.int32).max else np.int64
+    key_dtype = np.int32 if (bits + 1) << shift <= np.iinfo(np.int32).max else np.int64
     q_words = to_words(queries)
     db_words = to_words(database)
     chunk = min(int(chunk_size), n)
-    query_block = max(1, _TOPK_BLOCK_ELEMENTS // (chunk + k))
+    query_block = max(1, _TOPK_BLOCK_ELEMENTS // chunk)
+    distances = np.empty((min(query_block, m), chunk), dtype=np.uint8 if bits <= 255 else np.uint16)
     best_keys = np.empty((m, k), dtype=key_dtype)
     for i in range(0, m, query_block):
         q = q_words[i : i + query_block]
-        best = None
+        best = np.empty((q.shape[0], 0), dtype=key_dtype)
         for j in range(0, n, chunk):
             block = db_words[j : j + chunk]
-            keys = np.empty((q.shape[0], block.shape[0]), dtype=key_dtype)
-            hamming_distance_into(q, block, keys)
-            keys <<= shift
-            keys |= np.arange(j, j + block.shape[0], dtype=key_dtype)
-            if best is not None:
-                keys = np.concatenate([best, keys], axis=1)
-            if keys.shape[1] > k:
-                keys = np.partition(keys, k - 1, axis=1)[:, :k]
-            best = keys
+            d = distances[: q.shape[0], : block.shape[0]]
+            hamming_distance_into(q, block, d)
+            best = _merge_chunk(best, d, j, k, shift)
         best_keys[i : i + q.shape[0]] = np.sort(best, axis=1)
-    distances = (best_keys >> shift).astype(np.int32)
+    distances_out = (best_keys >> shift).astype(np.int32)
     ids = (best_keys & ((1 << shift) - 1)).astype(np.int64)
-    return distances, ids
+    return distances_out, ids
+
+
+def _merge_chunk(best: np.ndarray, d: np.ndarray, start: int, k: int, shift: int) -> np.ndarray:
+    """The k smallest keys of ``best`` (int keys [q, <= k], unordered) and a chunk's distances.
+
+    ``d``: uint8|uint16[q, c], distances to database rows ``start .. start + c - 1``. Returns keys
+    [q, min(k, kept + c)], unordered.
+    """
+    key_dtype = best.dtype
+    if best.shape[1] < k:  # fewer than k kept so far: every row of the chunk is a candidate
+        keys = d.astype(key_dtype) << shift
+        keys |= np.arange(start, start + d.shape[1], dtype=key_dtype)
+        keys = np.concatenate([best, keys], axis=1)
+        return np.partition(keys, k - 1, axis=1)[:, :k] if keys.shape[1] > k else keys
+    # A chunk row beats the k-th kept key only with a smaller distance: at an equal distance its
+    # position, later than every kept one, loses the tie.
+    limit = (best.max(axis=1) >> shift).astype(d.dtype)
+    entering = np.flatnonzero(d < limit[:, None])  # 1-D: much faster than a 2-D nonzero
+    if entering.size == 0:
+        return best
+    rows, cols = np.divmod(entering, d.shape[1])
+    counts = np.bincount(rows, minlength=d.shape[0])
+    slots = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)  # rank within its row
+    candidates = np.full((d.shape[0], int(counts.max())), np.iinfo(key_dtype).max, dtype=key_dtype)
+    candidates[rows, slots] = (d[rows, cols].astype(key_dtype) << shift) | (cols + start).astype(key_dtype)
+    return np.partition(np.concatenate([best, candidates], axis=1), k - 1, axis=1)[:, :k]
 
 
 def _to_numpy(u: Any) -> np.ndarray:

@@ -341,7 +341,10 @@ class EvaluateSection(ModelRefSection):
 class PromoteSection(_Section):
     """``pipelines/promote.py``: challenger -> champion only when it beats the champion."""
 
-    metric: str = Field("map", description="the evaluation metric that decides")
+    model: str | None = Field(None, description="registered name; None: hashing-{method.name}-{dataset name}")
+    metric: str = Field(
+        "map", description="the evaluation metric that decides: map (the mAP@K evaluated) or a name like ndcg_at_100"
+    )
     margin: float = Field(0.0, ge=0.0, description="challenger must beat the champion by this much")
     dry_run: bool = False
 
@@ -351,7 +354,11 @@ class SearchSection(ModelRefSection):
 
     alias: str = "champion"
     k: int = Field(10, gt=0)
-    backend: Literal["numpy", "faiss", "faiss-ivf"] = "faiss"
+    backend: Literal["numpy", "faiss", "faiss-ivf"] = Field(
+        "faiss", description="faiss: exact IndexBinaryFlat; faiss-ivf: sub-linear, approximate; numpy: exact scan"
+    )
+    nlist: int | None = Field(None, gt=0, description="faiss-ivf inverted lists; None: sqrt(database size)")
+    nprobe: int = Field(8, gt=0, description="faiss-ivf lists scanned per query (more: better recall, slower)")
 
 
 class Config(_Section):
@@ -568,4 +575,4 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 def parse_cli(argv: Sequence[str] | None = None, description: str = "") -> Config:
     """``--config PATH [key=value ...] [--print-config]`` -> ``Config`` (argv None: ``sys.argv[1:]``)."""
     parser = config_parser(description)
-    return config_from_args(parser, parser.parse_args(argv))
+    return config_from_args(parser, parser.parse_intermixed_args(argv))

@@ -10,12 +10,11 @@ driver writes whole-file. Both work without Ray: call them directly.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,8 +22,9 @@ import torch
 
 from hashing.code_shards import PartMeta, part_bytes
 from hashing.codes import pack_signs
-from hashing.data.quarantine import BadInputError, BadKind, BadSample
-from hashing.data.read import decode_sample, iter_shard
+from hashing.data.quarantine import BadKind, BadSample
+from hashing.data.read import _decode_shard
+from hashing.data.schema import ShardInfo
 from hashing.data.transforms import Preprocess
 from hashing.methods.base import HashingMethod
 
@@ -87,14 +87,12 @@ class Encoder:
 
 @dataclass(frozen=True)
 class ShardRef:
-    """A source shard to encode: ``source_shard`` its path in the dataset (``database/shard-000004.tar``),
-    ``uri`` its full URI (for messages), ``sha256`` and ``size`` its checksum and bytes in ``dataset.json``."""
+    """A source shard to encode: its ``split``, full ``uri`` (for messages) and ``info`` from ``dataset.json``
+    (``info.path`` is the source shard, e.g. ``database/shard-000004.tar``; size and sha256 are checked)."""
 
-    source_shard: str
     split: str
     uri: str
-    sha256: str
-    size: int
+    info: ShardInfo
 
 
 @dataclass
@@ -118,7 +116,6 @@ class ShardEncoder:
         dataset_fingerprint: written into each part's metadata.
         batch_size: images per forward pass.
         device: torch device of the model.
-        strict: raise ``BadInputError`` on the first bad sample instead of skipping it.
         encoder: an already built ``Encoder`` (tests, benchmarks); then ``model_uri`` is only recorded.
 
     Input batch: ``{"bytes": object[m] (tar file content), "path": object[m] (str)}``.
@@ -127,14 +124,13 @@ class ShardEncoder:
     """
 
     def __init__(self, model_uri: str, tracking_uri: str | None, shards: Mapping[str, ShardRef], num_classes: int,
-                 dataset_fingerprint: str, batch_size: int = 256, device: str = "cpu", strict: bool = False,
+                 dataset_fingerprint: str, batch_size: int = 256, device: str = "cpu",
                  encoder: Encoder | None = None) -> None:
         self.encoder = encoder or Encoder.from_model_uri(model_uri, tracking_uri, batch_size, device)
         self.model_uri = model_uri
         self.shards = {path.lstrip("/"): ref for path, ref in shards.items()}
         self.num_classes = num_classes
         self.dataset_fingerprint = dataset_fingerprint
-        self.strict = strict
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         out: dict[str, list] = {"source_shard": [], "split": [], "part": [], "rows": [], "bad": [], "seconds": []}
@@ -143,7 +139,7 @@ class ShardEncoder:
             if ref is None:
                 raise KeyError(f"shard {path!r} is not one of the {len(self.shards)} shards this encoder was given")
             result = self.encode_shard(bytes(data), ref)
-            out["source_shard"].append(ref.source_shard)
+            out["source_shard"].append(ref.info.path)
             out["split"].append(ref.split)
             out["part"].append(result.part)
             out["rows"].append(result.rows)
@@ -159,18 +155,19 @@ class ShardEncoder:
         }
 
     def encode_shard(self, data: bytes, ref: ShardRef) -> EncodedShard:
-        """Decode, encode and pack one shard (``data``: the whole tar file) into its Parquet part."""
+        """Decode, encode and pack one shard (``data``: the whole tar file) into its Parquet part.
+
+        Bad samples are left out of the part and returned in ``bad``; the caller's ``Quarantine`` counts
+        them (and raises in strict mode, before the part is written)."""
         start = time.perf_counter()
         bad: list[BadSample] = []
         keys: list[str] = []
         labels: list[list[int]] = []
         codes: list[np.ndarray] = []
         pending: list[np.ndarray] = []
-        for item in self._samples(data, ref):
+        for item in _decode_shard(io.BytesIO(data), ref.uri, ref.info, self.num_classes, self.encoder.preprocess,
+                                  vocab=None):
             if isinstance(item, BadSample):
-                if self.strict:
-                    raise BadInputError(item)
-                log.warning("skipped %s", item.describe())
                 bad.append(item)
                 continue
             keys.append(item["key"])
@@ -184,32 +181,10 @@ class ShardEncoder:
         width = self.encoder.bits // 8
         packed = np.concatenate(codes) if codes else np.zeros((0, width), dtype=np.uint8)
         meta = PartMeta(bits=self.encoder.bits, method=self.encoder.method.name, model_uri=self.model_uri,
-                        dataset_fingerprint=self.dataset_fingerprint, source_shard=ref.source_shard,
-                        source_sha256=ref.sha256)
+                        dataset_fingerprint=self.dataset_fingerprint, source_shard=ref.info.path,
+                        source_sha256=ref.info.sha256)
         part = part_bytes(keys, packed, labels, meta)
         return EncodedShard(part, len(keys), bad, time.perf_counter() - start)
-
-    def _samples(self, data: bytes, ref: ShardRef) -> Iterator[dict | BadSample]:
-        """Decoded, preprocessed samples of one tar, then a record if its bytes differ from ``dataset.json``."""
-        seen: set[str] = set()
-        for raw in iter_shard(io.BytesIO(data), ref.uri):
-            if isinstance(raw, BadSample):
-                yield raw
-                if raw.kind == BadKind.TRUNCATED_TAR:
-                    return
-                continue
-            if raw["__key__"] in seen:
-                yield BadSample(BadKind.DUPLICATE_KEY, "key repeated within the shard", key=raw["__key__"],
-                                shard=ref.uri)
-                continue
-            seen.add(raw["__key__"])
-            yield decode_sample(raw, ref.uri, self.num_classes, self.encoder.preprocess)
-        digest = hashlib.sha256(data).hexdigest()
-        if len(data) != ref.size or digest != ref.sha256:
-            kind = BadKind.TRUNCATED_TAR if len(data) < ref.size else BadKind.CHECKSUM_MISMATCH
-            yield BadSample(kind, f"shard has {len(data)} bytes (sha256 {digest[:12]}...), dataset.json says "
-                            f"{ref.size} ({ref.sha256[:12]}...): changed after ingest; {len(seen)} samples "
-                            "were encoded", shard=ref.uri)
 
 
 def bad_samples_from_json(text: str) -> list[BadSample]:

@@ -31,7 +31,7 @@ SAMPLE_QUERY_KEY = "query-0000000"  # the built-in dataset's first query item
 def main(argv: list[str] | None = None) -> int:
     """Run every step; 0 when all succeeded, else the exit code of the step that failed."""
     parser = config_parser("Run ingest -> train -> encode -> evaluate -> promote -> search on the built-in dataset.")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     args.config = args.config or str(DEFAULT_CONFIG)
     config = config_from_args(parser, args)
     if config.dataset.builtin is None:

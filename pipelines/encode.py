@@ -36,7 +36,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
-from hashing import storage, tracking
+from hashing import registry, storage, tracking
 from hashing.code_shards import finished_parts, part_uri, split_uri, version_uri
 from hashing.config import Config, config_from_args, config_parser
 from hashing.data.quarantine import BadInputError, Quarantine, TooManyBadSamplesError
@@ -61,10 +61,6 @@ TAG_CODES_ROOT = "codes_root"
 TAG_CODES_URI = "codes_uri"
 TAG_MODE = "mode"
 TAG_COMPLETE = "complete"
-# Model-version tags set by a complete encode.
-TAG_VERSION_CODES_URI = "codes_uri"
-TAG_VERSION_CODES_FINGERPRINT = "codes_dataset_fingerprint"
-TAG_VERSION_CODES_RUN = "codes_run_id"
 
 
 @dataclass
@@ -97,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                              "else only new source shards")
     parser.add_argument("--force", action="store_true", help="rewrite parts that already exist (encode.force)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # flags may come after key=value overrides
     config = config_from_args(parser, args)
     try:
         result = run_encode(config, nightly=args.nightly, force=args.force or config.encode.force,
@@ -160,8 +156,8 @@ def run_encode(config: Config, nightly: bool = False, force: bool = False, progr
         result.quarantine.check()
         mlflow.set_tag(TAG_COMPLETE, "true")
     client = MlflowClient()
-    for key, value in ((TAG_VERSION_CODES_URI, codes_uri), (TAG_VERSION_CODES_FINGERPRINT, manifest.fingerprint),
-                       (TAG_VERSION_CODES_RUN, result.run_id)):
+    for key, value in ((registry.CODES_URI, codes_uri), (registry.CODES_DATASET_FINGERPRINT, manifest.fingerprint),
+                       (registry.CODES_RUN_ID, result.run_id)):
         client.set_model_version_tag(model.name, str(model.version), key, value)
     return result
 
@@ -199,13 +195,13 @@ def plan(config: Config, manifest: DatasetManifest, model: ResolvedModel,
             shards = manifest.split(split).shards
         except UnknownSplitError as exc:
             raise ValueError(f"encode.splits: {exc}") from None
-        done = {} if force else finished_parts(
-            split_uri(config.encode.codes_root, model.name, model.version, split), {s.path: s.sha256 for s in shards})
+        done = {} if force else finished_parts(split_uri(config.encode.codes_root, model.name, model.version, split),
+                                               {s.path: s.sha256 for s in shards}, model.uri)
         skipped += list(done)
         for s in shards:
             if s.path not in done:
-                ref = ShardRef(s.path, split, storage.join(config.dataset.uri, s.path), s.sha256, s.bytes)
-                pending[f"{base.rstrip('/')}/{s.path}".lstrip("/")] = ref
+                pending[f"{base.rstrip('/')}/{s.path}"] = ShardRef(
+                    split, storage.join(config.dataset.uri, s.path), s)
     return pending, skipped
 
 
@@ -232,16 +228,16 @@ def run_job(config: Config, manifest: DatasetManifest, model: ResolvedModel, pen
                 "model_uri": model.uri, "tracking_uri": tracking.tracking_uri(config), "shards": pending,
                 "num_classes": len(manifest.classes), "dataset_fingerprint": manifest.fingerprint,
                 "batch_size": enc.batch_size, "device": "cuda" if enc.use_gpu else "cpu",
-                "strict": config.data.strict,
             },
         )
         for row in tqdm(parts.iter_rows(), total=len(paths), unit="part", desc="encode", disable=not progress):
+            for bad in bad_samples_from_json(row["bad"]):
+                result.quarantine.add(bad)  # strict mode: raises here, before the part is written
+            result.quarantine.add_good(int(row["rows"]))
             root = split_uri(enc.codes_root, model.name, model.version, row["split"])
             storage.write_bytes(part_uri(root, row["source_shard"]), row["part"])
             result.written.append(row["source_shard"])
             result.rows += int(row["rows"])
-            bad = bad_samples_from_json(row["bad"])
-            result.quarantine.merge(int(row["rows"]), bad)
         result.seconds = time.perf_counter() - start
     finally:
         if started:

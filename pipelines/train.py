@@ -29,8 +29,8 @@ from hashing.data.quarantine import BadInputError, Quarantine, TooManyBadSamples
 from hashing.data.read import TORCH_COLUMNS, RemoteQuarantine, iter_split, read_split
 from hashing.data.schema import DatasetManifest, load_manifest
 from hashing.data.transforms import Preprocess
+from hashing.evaluation import evaluate_codes, log_evaluation
 from hashing.methods.base import HashingMethod
-from hashing.metrics import pr_curve, retrieval_report
 from hashing.models import build_backbone
 from hashing.ray_session import init_ray
 from hashing.tracking import (
@@ -41,7 +41,6 @@ from hashing.tracking import (
     TAG_METHOD,
     log_config,
     log_hashing_model,
-    log_png,
     register_model,
     registered_model_name,
     set_experiment,
@@ -209,35 +208,12 @@ def encode_split(method: HashingMethod, config: Config, split: str, preprocess: 
 
 
 def evaluate(method: HashingMethod, config: Config, preprocess: Preprocess) -> dict[str, float]:
-    """Query vs database retrieval metrics (``hashing.metrics``) and a PR-curve PNG, logged to the run."""
+    """Query vs database retrieval metrics (``hashing.evaluation``) and PR / P@N plots, logged to the run."""
     q_codes, q_labels = encode_split(method, config, "query", preprocess)
     db_codes, db_labels = encode_split(method, config, "database", preprocess)
-    ev = config.evaluate
-    report = retrieval_report(q_codes, db_codes, q_labels, db_labels, topk=ev.topk, ndcg_k=ev.ndcg_k,
-                              radius=ev.radius)
-    report = {metric_key(k): v for k, v in report.items()}
-    mlflow.log_metrics(report)
-    if ev.plots:
-        precision, recall = pr_curve(q_codes, db_codes, q_labels, db_labels)
-        log_png(pr_figure(precision, recall, f"{config.method.name}, {config.model.bits} bits"), "plots/pr_curve.png")
-    return report
-
-
-def metric_key(name: str) -> str:
-    """MLflow-safe metric name (no ``@``): ``map@100`` -> ``map_at_100``, ``p@r2`` -> ``p_at_r2``."""
-    return name.replace("@", "_at_")
-
-
-def pr_figure(precision: np.ndarray, recall: np.ndarray, title: str):
-    """Precision-recall curve of Hamming-ball retrieval (one point per radius 0..K)."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(5, 4))
-    ax = figure.subplots()
-    ax.plot(recall, precision, marker=".")
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=f"PR curve ({title})")
-    ax.grid(alpha=0.3)
-    return figure
+    result = evaluate_codes(q_codes, db_codes, q_labels, db_labels, config.evaluate, pr=config.evaluate.plots)
+    log_evaluation(result, f"{config.method.name}, {config.model.bits} bits")
+    return result.metrics
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def _check_results(root: Path, stdout: str, codes_root: str) -> None:
     for split in ("query", "database"):
         codes = load_split(split_uri(codes_root, MODEL_NAME, 1, split))
         keys = list(codes.keys)
-        assert len(keys) == len(set(keys)) == manifest.split(split).count, split
+        assert len(keys) == len(set(keys)) == manifest.split(split).samples, split
         assert codes.codes.shape == (len(keys), 16 // 8)
 
     # The sample search printed ranked database keys with their Hamming distances.

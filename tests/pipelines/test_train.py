@@ -164,9 +164,10 @@ def test_ray_job_submit_trains_evaluates_and_registers_a_loadable_model(
     import mlflow
 
     from hashing.data.schema import load_manifest
+    from hashing.evaluation import metric_key
     from hashing.metrics import retrieval_report
     from hashing.tracking import load_hashing_model
-    from pipelines.train import encode_split, make_preprocess, metric_key
+    from pipelines.train import encode_split, make_preprocess
 
     root = tmp_path / "run"
     done = subprocess.run(

@@ -1,0 +1,200 @@
+"""Training benchmark: Ray Train (DDP) with 1 and 2 workers vs the plain single-process loop.
+
+    .venv/bin/python benchmarks/training.py [--config configs/test.yaml] [--preset small]
+        [--epochs 2] [--workers 1,2] [--workdir DIR] [key=value ...]
+
+Recipe: the built-in dataset ``--preset`` is ingested into a temporary folder -> the same method,
+config and training split are trained
+
+1. plain loop: ``hashing.training.fit`` in this process (torch's default threads: every core),
+   batches of ``train.batch_size`` read and decoded from the same tar shards every epoch
+   (``hashing.data.read.iter_split``, no shuffling);
+2. Ray Train with N workers for each N in ``--workers``: exactly what ``pipelines/train.py`` runs
+   (``read_training_split`` -> ``fit``: ``TorchTrainer``, DDP over gloo, ``train.cpus_per_worker``
+   CPUs per worker, Ray Data reading and decoding the shards, a checkpoint per epoch), on a fresh
+   local ``ray.init`` per row. Every worker trains batches of ``train.batch_size``, so the global
+   batch is N x that.
+
+Each step's start and end are recorded (in Ray, on rank 0, by wrapping ``train_step`` in the worker).
+Columns: time to the first step (from the start: for Ray, ``ray.init`` included), samples/s from
+the first step's start to the last step's end (steady state) and over the whole run (start-up included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import machine, markdown_table
+from hashing.config import Config, ConfigError, load_config
+from hashing.data.read import TORCH_COLUMNS, RemoteQuarantine, iter_split
+from hashing.data.schema import DatasetManifest, load_manifest
+from hashing.train_worker import build_training_method
+from hashing.training import fit
+from pipelines import train as train_job
+from pipelines.ingest import builtin_source, ingest
+
+log = logging.getLogger("bench.training")
+
+
+def prepare(workdir: Path, config_path: str, preset: str, overrides: list[str]) -> tuple[Config, DatasetManifest]:
+    """Ingest the built-in ``preset`` under ``workdir`` (once); return the config pointing at it."""
+    dataset = workdir / f"builtin-{preset}"
+    config = load_config(config_path, [f"run.root={workdir}", f"dataset.builtin={preset}",
+                                       f"dataset.uri={dataset}", *overrides])
+    if not (dataset / "dataset.json").exists():
+        classes, tags, total, records = builtin_source(preset, seed=config.dataset.seed)
+        ingest(str(dataset), records, name=f"builtin-{preset}", classes=classes, tags=tags, total=total,
+               shard_size=config.dataset.shard_size, progress=False)
+    return config, load_manifest(str(dataset))
+
+
+def plain_run(config: Config, manifest: DatasetManifest) -> dict[str, Any]:
+    """``hashing.training.fit`` over batches decoded from the shards; step times recorded."""
+    start = time.time()
+    steps: list[tuple[float, float]] = []
+    preprocess = train_job.make_preprocess(config)
+    batch_size = config.train.batch_size
+
+    def batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        rows: list[dict] = []
+        for sample in iter_split(config.dataset.uri, "train", preprocess):
+            rows.append(sample)
+            if len(rows) == batch_size:
+                step_start = time.time()
+                yield {k: torch.from_numpy(np.stack([r[k] for r in rows])) for k in TORCH_COLUMNS}
+                steps.append((step_start, time.time()))  # resumed: the step on this batch is done
+                rows = []
+
+    method = build_training_method(config, len(manifest.classes), len(manifest.tags or []))
+    fit(method, batches, config.train.epochs, config.train.lr, config.train.weight_decay,
+        config.train.lr_step_every, config.train.lr_gamma)
+    return {"start": start, "end": time.time(), "steps": steps, "global_batch": batch_size}
+
+
+def timed_train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
+    """``train_loop_per_worker`` with every ``train_step`` timed; adds ``step_times`` [(start, end)]."""
+    import hashing.train_worker as worker
+
+    original = worker.train_step
+    step_times: list[tuple[float, float]] = []
+
+    def timed_step(*args: Any, **kwargs: Any) -> dict[str, float]:
+        step_start = time.time()
+        terms = original(*args, **kwargs)
+        step_times.append((step_start, time.time()))
+        return terms
+
+    worker.train_step = timed_step
+    try:
+        result = worker.train_loop_per_worker(loop_config)
+    finally:
+        worker.train_step = original
+    return {**result, "step_times": step_times}
+
+
+def ray_run(config: Config, manifest: DatasetManifest, workers: int) -> dict[str, Any]:
+    """``pipelines/train.py``'s Ray Train job with ``workers`` workers on a fresh local Ray; rank 0's step times."""
+    import ray
+    import ray.cloudpickle
+    import ray.data
+
+    from hashing.ray_session import init_ray
+
+    if __name__ != "__main__":  # imported (tests): ship this module's loop by value, workers cannot import it
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    config = config.model_copy(update={"train": config.train.model_copy(update={"num_workers": workers})})
+    start = time.time()
+    started = init_ray(config.ray.address, config.ray.num_cpus)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    original_loop = train_job.train_loop_per_worker
+    train_job.train_loop_per_worker = timed_train_loop  # what train_job.fit hands to TorchTrainer
+    try:
+        data = train_job.read_training_split(config, train_job.make_preprocess(config),
+                                             RemoteQuarantine(config.data.max_bad_fraction))
+        result = train_job.fit(config, manifest, data, run_name=f"bench-{workers}w-{int(start)}")
+    finally:
+        train_job.train_loop_per_worker = original_loop
+        if started:
+            ray.shutdown()
+    return {"start": start, "end": time.time(), "steps": result.return_value["step_times"],
+            "global_batch": config.train.batch_size * workers}
+
+
+def summarise(name: str, run: dict[str, Any]) -> dict[str, Any]:
+    """Table row of one run: steps, time to first step, steady and overall samples/s."""
+    steps = run["steps"]
+    if not steps:
+        raise RuntimeError(f"{name}: no training step was recorded")
+    samples = len(steps) * run["global_batch"]
+    steady = steps[-1][1] - steps[0][0]
+    total = run["end"] - run["start"]
+    return {"run": name, "steps": len(steps), "global_batch": run["global_batch"], "samples": samples,
+            "first_step_s": steps[0][0] - run["start"], "steady_s": steady, "total_s": total,
+            "steady_samples_per_s": samples / steady if steady > 0 else float("nan"),
+            "total_samples_per_s": samples / total}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the table; 0 on success, 2 on bad arguments or config."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=str(REPO / "configs/test.yaml"))
+    parser.add_argument("--preset", default="small", help="built-in dataset preset (tiny, small, default)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--workers", default="1,2", help="comma-separated Ray Train worker counts")
+    parser.add_argument("--workdir", default=None, help="keep dataset and checkpoints here (default: a temp folder)")
+    parser.add_argument("overrides", nargs="*", help="config key=value overrides")
+    args = parser.parse_args(argv)
+    try:
+        worker_counts = [int(w) for w in args.workers.split(",")]
+    except ValueError:
+        worker_counts = []
+    if not worker_counts or min(worker_counts) < 1 or args.epochs < 1:
+        log.error("--workers must be comma-separated ints >= 1 (e.g. 1,2) and --epochs >= 1")
+        return 2
+    overrides = [f"train.epochs={args.epochs}", *args.overrides]
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        try:
+            config, manifest = prepare(Path(args.workdir or tmp).resolve(), args.config, args.preset, overrides)
+        except (ConfigError, ValueError, FileNotFoundError) as exc:
+            log.error("%s", exc)
+            return 2
+        rows = [summarise(f"plain loop (1 process, {torch.get_num_threads()} torch threads)",
+                          plain_run(config, manifest))]
+        for workers in worker_counts:
+            rows.append(summarise(f"Ray Train, {workers} worker{'s' * (workers > 1)} x "
+                                  f"{config.train.cpus_per_worker} CPU", ray_run(config, manifest, workers)))
+
+    split = manifest.split("train")
+    print(f"# Training: {config.method.name} on {config.model.backbone} at {config.dataset.image_size} px, "
+          f"{config.model.bits} bits, builtin-{args.preset} train split ({split.samples} samples), "
+          f"{config.train.epochs} epochs, {config.train.batch_size} samples per worker per step")
+    print(machine())
+    base = rows[0]
+    print(markdown_table(
+        ["run", "steps", "global batch", "time to first step (s)", "samples/s (steady)", "vs plain",
+         "samples/s (with start-up)", "vs plain", "total s"],
+        [[r["run"], r["steps"], r["global_batch"], f"{r['first_step_s']:.1f}", f"{r['steady_samples_per_s']:.1f}",
+          f"{r['steady_samples_per_s'] / base['steady_samples_per_s']:.2f}x", f"{r['total_samples_per_s']:.1f}",
+          f"{r['total_samples_per_s'] / base['total_samples_per_s']:.2f}x", f"{r['total_s']:.1f}"] for r in rows],
+    ))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

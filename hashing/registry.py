@@ -1,0 +1,122 @@
+"""Model-version tags the jobs exchange through the MLflow registry, and reading them back.
+
+A registered model version (``models:/name/N``) carries, besides what training sets:
+
+    set by a complete encode (``pipelines/encode.py``)
+        codes_uri                    where its code shards are (``{codes_root}/{name}/v{N}``)
+        codes_dataset_fingerprint    the dataset they were encoded from
+        codes_run_id                 the encode run
+    set by ``pipelines/evaluate.py`` (its latest evaluation; ``VersionEvaluation``)
+        eval_dataset, eval_dataset_fingerprint, eval_run_id
+        eval_map_key                 the name of its mAP@K metric (``map_at_1000``)
+        eval_map                     that metric's value
+        eval_metric_<name>           every metric (names as in ``hashing.evaluation``)
+    set by ``pipelines/promote.py`` on the challenger it decided about
+        promotion_decision           ``promoted`` or ``kept``
+        promotion                    the decision as JSON (reasons, both metrics, margin, fingerprint)
+
+Tag values are strings; metric values are written with ``repr`` so they read back exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mlflow.tracking import MlflowClient
+
+from hashing.code_shards import version_uri
+from hashing.tracking import ResolvedModel
+
+CODES_URI = "codes_uri"
+CODES_DATASET_FINGERPRINT = "codes_dataset_fingerprint"
+CODES_RUN_ID = "codes_run_id"
+
+EVAL_DATASET = "eval_dataset"
+EVAL_DATASET_FINGERPRINT = "eval_dataset_fingerprint"
+EVAL_RUN_ID = "eval_run_id"
+EVAL_MAP_KEY = "eval_map_key"
+EVAL_MAP = "eval_map"
+EVAL_METRIC_PREFIX = "eval_metric_"
+
+PROMOTION_DECISION = "promotion_decision"
+PROMOTION = "promotion"
+
+# The metric name that means "the mAP@K of the evaluation, whatever its K" (``promote.metric``).
+MAP = "map"
+
+
+def version_tags(model: ResolvedModel) -> dict[str, str]:
+    """The tags of a registered version (``model.name`` and ``model.version`` must be set)."""
+    if model.name is None or model.version is None:
+        raise ValueError(f"{model.uri} is not a registered model version; give a registered name, "
+                         "models:/name/N or models:/name@alias")
+    return dict(MlflowClient().get_model_version(model.name, str(model.version)).tags)
+
+
+def codes_location(model: ResolvedModel, codes_root: str) -> str:
+    """Where the code shards of ``model`` are: its ``codes_uri`` tag (set by a complete encode), else
+    ``{codes_root}/{name}/v{version}`` (where ``pipelines/encode.py`` writes them)."""
+    uri = version_tags(model).get(CODES_URI)
+    return uri or version_uri(codes_root, model.name, model.version)
+
+
+@dataclass(frozen=True)
+class VersionEvaluation:
+    """The latest evaluation of a model version, as its ``eval_*`` tags hold it.
+
+    ``metrics``: ``{name: value}`` with names as in ``hashing.evaluation`` (``map_at_1000``, ``p_at_r2``);
+    ``map_key``: which of them is the mAP@K.
+    """
+
+    dataset: str
+    dataset_fingerprint: str
+    run_id: str
+    map_key: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.map_key not in self.metrics:
+            raise ValueError(f"map_key {self.map_key!r} is not one of the metrics {sorted(self.metrics)}")
+
+    def value(self, metric: str) -> float | None:
+        """The value of ``metric`` (``"map"``: the mAP@K, whatever K), None when it was not evaluated."""
+        return self.metrics.get(self.map_key if metric == MAP else metric)
+
+    def metric_name(self, metric: str) -> str:
+        """``"map"`` -> this evaluation's ``map_key``; any other name as it is."""
+        return self.map_key if metric == MAP else metric
+
+    def to_tags(self) -> dict[str, str]:
+        """The ``eval_*`` tags of this evaluation."""
+        tags = {
+            EVAL_DATASET: self.dataset,
+            EVAL_DATASET_FINGERPRINT: self.dataset_fingerprint,
+            EVAL_RUN_ID: self.run_id,
+            EVAL_MAP_KEY: self.map_key,
+            EVAL_MAP: repr(self.metrics[self.map_key]),
+        }
+        tags.update({EVAL_METRIC_PREFIX + name: repr(value) for name, value in self.metrics.items()})
+        return tags
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> VersionEvaluation | None:
+        """Read ``to_tags`` output back; None when the version has no evaluation (no ``eval_run_id``).
+
+        Raises:
+            ValueError: the tags are incomplete or a metric is not a number (names the tag).
+        """
+        if EVAL_RUN_ID not in tags:
+            return None
+        missing = [t for t in (EVAL_DATASET, EVAL_DATASET_FINGERPRINT, EVAL_MAP_KEY) if t not in tags]
+        if missing:
+            raise ValueError(f"model version evaluation tags are incomplete: {missing} missing "
+                             "(rerun pipelines/evaluate.py for this version)")
+        metrics = {}
+        for tag, text in tags.items():
+            if tag.startswith(EVAL_METRIC_PREFIX):
+                try:
+                    metrics[tag.removeprefix(EVAL_METRIC_PREFIX)] = float(text)
+                except ValueError:
+                    raise ValueError(f"model version tag {tag}={text!r} is not a number") from None
+        return cls(tags[EVAL_DATASET], tags[EVAL_DATASET_FINGERPRINT], tags[EVAL_RUN_ID], tags[EVAL_MAP_KEY],
+                   metrics)

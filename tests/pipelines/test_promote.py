@@ -1,0 +1,229 @@
+"""pipelines/promote.py: champion moves to the challenger only when its evaluation beats the champion's.
+
+The decision tests give versions the ``eval_*`` tags that ``pipelines/evaluate.py`` writes
+(``hashing.registry.VersionEvaluation``) with chosen values; the last test runs register -> encode ->
+evaluate -> promote against a real ``mlflow server`` process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from hashing import registry
+from hashing.registry import VersionEvaluation
+from hashing.tracking import CHALLENGER, CHAMPION, ResolvedModel, resolve_model
+from pipelines import evaluate, promote
+
+FINGERPRINT = "a" * 64
+OTHER_FINGERPRINT = "b" * 64
+
+
+def _evaluated(model: ResolvedModel, map_value: float, fingerprint: str = FINGERPRINT,
+               map_key: str = "map_at_100") -> None:
+    """Give ``model`` the version tags of an evaluation with mAP ``map_value``."""
+    evaluation = VersionEvaluation("tiny", fingerprint, f"run-of-v{model.version}", map_key,
+                                   {map_key: map_value, "ndcg_at_50": map_value / 2})
+    client = MlflowClient()
+    for key, value in evaluation.to_tags().items():
+        client.set_model_version_tag(model.name, str(model.version), key, value)
+
+
+def _pair(model_registry, name: str, champion_map: float | None, challenger_map: float | None,
+          champion_fingerprint: str = FINGERPRINT) -> tuple[ResolvedModel, ResolvedModel]:
+    """v1 = champion, v2 = challenger of ``name``, each evaluated unless its mAP is None."""
+    champion = model_registry.register(name=name, seed=11, alias=CHAMPION)
+    challenger = model_registry.register(name=name, seed=12, alias=CHALLENGER)
+    if champion_map is not None:
+        _evaluated(champion, champion_map, champion_fingerprint)
+    if challenger_map is not None:
+        _evaluated(challenger, challenger_map)
+    return champion, challenger
+
+
+def _champion_version(name: str) -> int:
+    return resolve_model(name, alias=CHAMPION).version
+
+
+def _recorded(model_registry, model: ResolvedModel) -> dict | None:
+    """The promotion JSON recorded on ``model`` (None if none), checked against its decision tag and run."""
+    tags = model_registry.tags(model)
+    if registry.PROMOTION not in tags:
+        assert registry.PROMOTION_DECISION not in tags
+        return None
+    record = json.loads(tags[registry.PROMOTION])
+    assert tags[registry.PROMOTION_DECISION] == record["decision"]
+    run = MlflowClient().get_run(record["run_id"])
+    assert run.data.tags["job"] == "promote" and run.data.tags["model_version"] == str(model.version)
+    assert run.data.tags[registry.PROMOTION_DECISION] == record["decision"]
+    return record
+
+
+def test_first_champion_needs_only_an_evaluation(model_registry, capsys) -> None:
+    model = model_registry.register(name="first", seed=10)
+    _evaluated(model, 0.3)
+
+    assert promote.main(model_registry.args("promote.model=first")) == 0
+
+    assert _champion_version("first") == model.version
+    record = _recorded(model_registry, model)
+    assert record["decision"] == "promoted" and record["champion_version"] is None
+    assert record["metric"] == "map_at_100" and record["challenger_value"] == 0.3
+    assert "no champion yet" in record["reasons"][0]
+    assert "decision:   promoted" in capsys.readouterr().out
+
+
+def test_challenger_better_by_more_than_the_margin_is_promoted(model_registry) -> None:
+    champion, challenger = _pair(model_registry, "better", champion_map=0.50, challenger_map=0.56)
+
+    assert promote.main(model_registry.args("promote.model=better", "promote.margin=0.05")) == 0
+
+    assert _champion_version("better") == challenger.version
+    record = _recorded(model_registry, challenger)
+    assert record["decision"] == "promoted"
+    assert (record["champion_version"], record["champion_value"], record["margin"]) == (champion.version, 0.5, 0.05)
+    assert record["dataset_fingerprint"] == FINGERPRINT
+
+
+@pytest.mark.parametrize(("margin", "metric"), [(0.1, "map"), (0.0, "ndcg_at_50")])
+def test_challenger_not_better_by_the_margin_keeps_the_champion(model_registry, margin, metric) -> None:
+    name = f"not-better-{metric}"
+    champion_map = 0.60 if metric == "ndcg_at_50" else 0.50
+    champion, challenger = _pair(model_registry, name, champion_map=champion_map, challenger_map=0.56)
+
+    assert promote.main(model_registry.args(f"promote.model={name}", f"promote.margin={margin}",
+                                            f"promote.metric={metric}")) == 0
+
+    assert _champion_version(name) == champion.version
+    record = _recorded(model_registry, challenger)
+    assert record["decision"] == "kept" and "does not beat the champion" in record["reasons"][0]
+    assert record["metric"] == ("map_at_100" if metric == "map" else metric)
+
+
+def test_evaluations_on_different_datasets_are_not_compared(model_registry) -> None:
+    champion, challenger = _pair(model_registry, "other-data", champion_map=0.1, challenger_map=0.9,
+                                 champion_fingerprint=OTHER_FINGERPRINT)
+
+    assert promote.main(model_registry.args("promote.model=other-data")) == 0
+
+    assert _champion_version("other-data") == champion.version
+    record = _recorded(model_registry, challenger)
+    assert record["decision"] == "kept" and "evaluated on different datasets" in record["reasons"][0]
+    assert record["champion_value"] is None
+
+
+def test_champion_evaluated_with_another_topk_is_not_compared(model_registry) -> None:
+    champion, challenger = _pair(model_registry, "other-topk", champion_map=None, challenger_map=0.9)
+    _evaluated(champion, 0.1, map_key="map_at_1000")
+
+    assert promote.main(model_registry.args("promote.model=other-topk")) == 0
+
+    assert _champion_version("other-topk") == champion.version
+    assert "has no map_at_100" in _recorded(model_registry, challenger)["reasons"][0]
+
+
+def test_unevaluated_or_missing_challenger_is_bad_input(model_registry, caplog) -> None:
+    champion, challenger = _pair(model_registry, "unevaluated", champion_map=0.5, challenger_map=None)
+
+    with caplog.at_level(logging.ERROR):
+        assert promote.main(model_registry.args("promote.model=unevaluated")) == 2
+        assert f"models:/unevaluated/{challenger.version} has not been evaluated" in caplog.text
+        caplog.clear()
+        assert promote.main(model_registry.args("promote.model=no-such-model")) == 2
+        assert "no registered model 'no-such-model'" in caplog.text
+
+    assert _champion_version("unevaluated") == champion.version
+    assert _recorded(model_registry, challenger) is None
+
+
+def test_dry_run_decides_but_moves_and_records_nothing(model_registry, capsys) -> None:
+    champion, challenger = _pair(model_registry, "dry", champion_map=0.2, challenger_map=0.8)
+
+    assert promote.main(model_registry.args("promote.model=dry", "--dry-run")) == 0
+
+    assert "decision:   promoted (dry run: nothing changed)" in capsys.readouterr().out
+    assert _champion_version("dry") == champion.version
+    assert _recorded(model_registry, challenger) is None
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.job = 'promote'",
+                              output_format="list")
+    assert not [r for r in runs if r.data.tags.get("model_name") == "dry"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """A real ``mlflow server`` (sqlite backend, proxied artifacts, one worker) on 127.0.0.1; its URL."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    exe = Path(sys.executable).with_name("mlflow")
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true",
+               DO_NOT_TRACK="true")
+    with open(tmp_path / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            [str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+             "--artifacts-destination", str(tmp_path / "artifacts")],
+            stdout=log, stderr=log, env=env, cwd=tmp_path, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"mlflow server exited with {proc.returncode}: "
+                                       f"{(tmp_path / 'server.log').read_text()[-2000:]}")
+                try:
+                    with urllib.request.urlopen(f"{url}/health", timeout=1):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"mlflow server did not answer on {url} within 90 s") from None
+                    time.sleep(0.3)
+            yield url
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and the workers it started
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.mark.slow
+def test_evaluate_then_promote_through_a_tracking_server(mlflow_server, model_registry_at) -> None:
+    reg = model_registry_at(mlflow_server)
+    first = reg.register(seed=21)
+    reg.encode(first)
+    assert evaluate.main(reg.args(f"evaluate.version={first.version}")) == 0
+    assert promote.main(reg.args()) == 0
+    assert _champion_version(first.name) == first.version
+
+    second = reg.register(seed=22)
+    reg.encode(second)
+    assert evaluate.main(reg.args(f"evaluate.version={second.version}")) == 0
+    maps = [VersionEvaluation.from_tags(reg.tags(m)).value("map") for m in (first, second)]
+    assert maps[0] != maps[1]
+    assert promote.main(reg.args()) == 0
+
+    winner = second if maps[1] > maps[0] else first
+    assert _champion_version(first.name) == winner.version
+    record = json.loads(reg.tags(second)[registry.PROMOTION])
+    assert (record["challenger_value"], record["champion_value"]) == (maps[1], maps[0])
+    assert record["decision"] == ("promoted" if winner is second else "kept")
+    assert MlflowClient().tracking_uri == mlflow_server

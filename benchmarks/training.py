@@ -6,9 +6,11 @@
 Recipe: the built-in dataset ``--preset`` is ingested into a temporary folder -> the same method,
 config and training split are trained
 
-1. plain loop: ``hashing.training.fit`` in this process (torch's default threads: every core),
+1. plain loop: ``hashing.training.fit`` in this process with ``--threads`` torch threads (default 1:
+   Ray starts workers of fractional CPUs with ``OMP_NUM_THREADS=1``, so one worker gets one thread),
    batches of ``train.batch_size`` read and decoded from the same tar shards every epoch
-   (``hashing.data.read.iter_split``, no shuffling);
+   (``hashing.data.read.iter_split``, no shuffling), in line with the steps; and the same with the
+   images decoded once before training (the steps then measure the model alone);
 2. Ray Train with N workers for each N in ``--workers``: exactly what ``pipelines/train.py`` runs
    (``read_training_split`` -> ``fit``: ``TorchTrainer``, DDP over gloo, ``train.cpus_per_worker``
    CPUs per worker, Ray Data reading and decoding the shards, a checkpoint per epoch), on a fresh
@@ -62,16 +64,18 @@ def prepare(workdir: Path, config_path: str, preset: str, overrides: list[str]) 
     return config, load_manifest(str(dataset))
 
 
-def plain_run(config: Config, manifest: DatasetManifest) -> dict[str, Any]:
-    """``hashing.training.fit`` over batches decoded from the shards; step times recorded."""
+def plain_run(config: Config, manifest: DatasetManifest, in_memory: bool = False) -> dict[str, Any]:
+    """``hashing.training.fit`` over batches decoded from the shards every epoch (``in_memory``: decoded
+    once, before training; then the steps measure the model alone); step times recorded."""
     start = time.time()
     steps: list[tuple[float, float]] = []
     preprocess = train_job.make_preprocess(config)
     batch_size = config.train.batch_size
+    decoded = list(iter_split(config.dataset.uri, "train", preprocess)) if in_memory else None
 
     def batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         rows: list[dict] = []
-        for sample in iter_split(config.dataset.uri, "train", preprocess):
+        for sample in decoded if in_memory else iter_split(config.dataset.uri, "train", preprocess):
             rows.append(sample)
             if len(rows) == batch_size:
                 step_start = time.time()
@@ -157,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="small", help="built-in dataset preset (tiny, small, default)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workers", default="1,2", help="comma-separated Ray Train worker counts")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the plain loops (default 1: what Ray gives each worker)")
     parser.add_argument("--workdir", default=None, help="keep dataset and checkpoints here (default: a temp folder)")
     parser.add_argument("overrides", nargs="*", help="config key=value overrides")
     args = parser.parse_args(argv)
@@ -164,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         worker_counts = [int(w) for w in args.workers.split(",")]
     except ValueError:
         worker_counts = []
-    if not worker_counts or min(worker_counts) < 1 or args.epochs < 1:
-        log.error("--workers must be comma-separated ints >= 1 (e.g. 1,2) and --epochs >= 1")
+    if not worker_counts or min(worker_counts) < 1 or args.epochs < 1 or args.threads < 1:
+        log.error("--workers must be comma-separated ints >= 1 (e.g. 1,2), --epochs and --threads >= 1")
         return 2
     overrides = [f"train.epochs={args.epochs}", *args.overrides]
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
@@ -174,8 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, ValueError, FileNotFoundError) as exc:
             log.error("%s", exc)
             return 2
-        rows = [summarise(f"plain loop (1 process, {torch.get_num_threads()} torch threads)",
-                          plain_run(config, manifest))]
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(args.threads)
+        try:
+            rows = [summarise(f"plain loop (1 process, {args.threads} torch thread{'s' * (args.threads > 1)})",
+                              plain_run(config, manifest)),
+                    summarise("plain loop, images decoded once before", plain_run(config, manifest, in_memory=True))]
+        finally:
+            torch.set_num_threads(torch_threads)
         for workers in worker_counts:
             rows.append(summarise(f"Ray Train, {workers} worker{'s' * (workers > 1)} x "
                                   f"{config.train.cpus_per_worker} CPU", ray_run(config, manifest, workers)))

@@ -40,6 +40,8 @@ class HammingIndex:
         nlist: inverted lists for ``"faiss-ivf"`` (default ``round(sqrt(n))``, at most n).
         nprobe: lists a ``"faiss-ivf"`` query scans (clipped to nlist).
         chunk_size: database rows per chunk for ``"numpy"``.
+        trained: for ``"faiss-ivf"``, the bytes of ``serialized()`` of an index built over these same
+            codes earlier: loaded instead of clustering again (``nlist`` is then the stored one).
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class HammingIndex:
         nlist: int | None = None,
         nprobe: int = 8,
         chunk_size: int = 65536,
+        trained: bytes | None = None,
     ) -> None:
         check_codes(codes, "index codes")
         if backend not in BACKENDS:
@@ -66,7 +69,7 @@ class HammingIndex:
         if backend == "faiss":
             self._faiss_index = _flat_index(self.codes)
         elif backend == "faiss-ivf":
-            self._faiss_index = _ivf_index(self.codes, nlist, nprobe)
+            self._faiss_index = _ivf_index(self.codes, nlist, nprobe, trained)
 
     @property
     def bits(self) -> int:
@@ -95,6 +98,14 @@ class HammingIndex:
         distances, ids = self._faiss_index.search(np.ascontiguousarray(queries), min(int(k), len(self)))
         return distances.astype(np.int32, copy=False), ids.astype(np.int64, copy=False)
 
+    def serialized(self) -> bytes:
+        """The faiss index as bytes (to store next to the codes and pass back as ``trained=``)."""
+        import faiss
+
+        if self._faiss_index is None:
+            raise ValueError(f"backend {self.backend!r} has no faiss index to serialise")
+        return faiss.serialize_index_binary(self._faiss_index).tobytes()
+
     def keys_for(self, ids: np.ndarray) -> np.ndarray:
         """Keys of result ids: object[same shape as ids]; None where the id is -1 (an empty slot)."""
         if self.keys is None:
@@ -114,10 +125,17 @@ def _flat_index(codes: np.ndarray) -> Any:
     return index
 
 
-def _ivf_index(codes: np.ndarray, nlist: int | None, nprobe: int) -> Any:
+def _ivf_index(codes: np.ndarray, nlist: int | None, nprobe: int, trained: bytes | None = None) -> Any:
     import faiss
 
     n = codes.shape[0]
+    if trained is not None:
+        index = faiss.deserialize_index_binary(np.frombuffer(trained, dtype=np.uint8))
+        if index.ntotal != n or index.d != codes.shape[1] * 8:
+            raise ValueError(f"the stored faiss index holds {index.ntotal} codes of {index.d} bits, "
+                             f"not these {n} codes of {codes.shape[1] * 8} bits: build it anew")
+        index.nprobe = min(int(nprobe), int(index.nlist))
+        return index
     if n == 0:
         raise ValueError("backend 'faiss-ivf' needs at least one code to train its inverted lists")
     nlist = max(1, round(math.sqrt(n))) if nlist is None else nlist

@@ -15,11 +15,14 @@ text network; multimodal models only, e.g. DSMHN) -> ``hashing.index.HammingInde
 
 Backends (``search.backend``): ``faiss`` (``IndexBinaryFlat``, exact; the default) gives exactly the
 ranking of ``numpy`` (our scan), ties in database order included; ``faiss-ivf`` (``IndexBinaryIVF``,
-``search.nlist`` / ``search.nprobe``) is sub-linear and approximate, for large corpora.
+``search.nlist`` / ``search.nprobe``) is sub-linear and approximate, for large corpora; it is clustered
+on the first search and kept under ``{codes_uri}/index/`` for the next ones.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -119,13 +122,31 @@ def run_search(config: Config, key: str | None = None, image: str | None = None,
         query, described = text_code(model, codes.method, TagVocabulary(manifest.tags or []), text), f"text {text!r}"
     if query.shape[1] != codes.codes.shape[1]:
         raise ValueError(f"the query code has {query.shape[1] * 8} bits, the codes {codes.bits}")
-    ref = config.search
-    index = HammingIndex(codes.codes, codes.keys, backend=ref.backend, nlist=ref.nlist, nprobe=ref.nprobe)
-    distances, ids = index.search(query, ref.k)
+    index = build_index(codes, codes_uri, split, config)
+    distances, ids = index.search(query, config.search.k)
     classes = manifest.classes if manifest is not None else None
     hits = [Hit(rank, str(codes.keys[i]), int(d), _label_names(codes.labels[i], classes))
             for rank, (d, i) in enumerate(zip(distances[0], ids[0], strict=True), start=1) if i >= 0]
-    return SearchResult(model, codes_uri, split, len(codes), ref.backend, described, hits)
+    return SearchResult(model, codes_uri, split, len(codes), config.search.backend, described, hits)
+
+
+def build_index(codes: SplitCodes, codes_uri: str, split: str, config: Config) -> HammingIndex:
+    """The index of ``search.backend`` over ``codes``. A ``faiss-ivf`` index is clustered once and kept at
+    ``{codes_uri}/index/{split}-ivf{nlist}-{digest}.faiss`` (digest of the part list and row count, so
+    new or rewritten parts give a new file); later searches load it instead of clustering again."""
+    ref = config.search
+    if ref.backend != "faiss-ivf":
+        return HammingIndex(codes.codes, codes.keys, backend=ref.backend)
+    digest = hashlib.sha256(json.dumps([sorted(codes.parts), len(codes)]).encode()).hexdigest()[:16]
+    stored = storage.join(codes_uri, "index", f"{split}-ivf{ref.nlist or 'auto'}-{digest}.faiss")
+    if storage.exists(stored):
+        log.info("faiss-ivf index from %s", stored)
+        return HammingIndex(codes.codes, codes.keys, backend="faiss-ivf", nprobe=ref.nprobe,
+                            trained=storage.read_bytes(stored))
+    index = HammingIndex(codes.codes, codes.keys, backend="faiss-ivf", nlist=ref.nlist, nprobe=ref.nprobe)
+    storage.write_bytes(stored, index.serialized())
+    log.info("faiss-ivf index built and kept at %s", stored)
+    return index
 
 
 def _label_names(labels: np.ndarray | None, classes: list[str] | None) -> list[str]:

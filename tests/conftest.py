@@ -1,5 +1,8 @@
 """Shared fixtures: real services started by the tests, and a tiny ingested dataset.
 
+- ``services`` (session): ``free_port()``, ``running_service(...)`` (a context manager running a
+  server process until its URL answers, stopping its process group after) and ``stop_process_group``,
+  for the fixtures of other test files (MLflow server, Ray head).
 - ``s3_endpoint`` (session): a ``moto_server`` process on 127.0.0.1 (free port); yields its URL.
   Creates no buckets and sets no environment.
 - ``s3_env`` (function): sets the ``AWS_*`` variables (endpoint, dummy credentials, region) for one
@@ -15,15 +18,18 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -35,41 +41,66 @@ if str(REPO) not in sys.path:
 TINY_SHARD_SIZE = 32
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """URL of a moto S3 server started for the session (``http://127.0.0.1:PORT``)."""
-    port = _free_port()
-    exe = Path(sys.executable).with_name("moto_server")
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                if proc.poll() is not None:
-                    log.seek(0)
-                    raise RuntimeError(f"moto_server exited with {proc.returncode}: {log.read()[-2000:]!r}")
-                try:
-                    with urllib.request.urlopen(url + "/moto-api/", timeout=1):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"moto_server did not answer on {url} within 30 s") from None
-                    time.sleep(0.2)
-            yield url
-        finally:
-            proc.terminate()
+@contextmanager
+def running_service(name: str, command: list[str], ready_url: str, log_path: Path, timeout_s: float = 60,
+                    **popen: Any) -> Iterator[None]:
+    """Run ``command`` (its own process group, output to ``log_path``) until ``ready_url`` answers; stop
+    the whole group after (SIGTERM, then SIGKILL after 30 s). A process that exits or never answers
+    raises with the end of its log."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **popen)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}: {log_path.read_text()[-3000:]}")
             try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                with urllib.request.urlopen(ready_url, timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} did not answer on {ready_url} within {timeout_s} s: "
+                                       f"{log_path.read_text()[-3000:]}") from None
+                time.sleep(0.3)
+        yield
+    finally:
+        stop_process_group(proc)
+
+
+def stop_process_group(proc: subprocess.Popen, timeout_s: float = 30) -> None:
+    """SIGTERM ``proc``'s process group (started with ``start_new_session=True``), SIGKILL if it lingers."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def services() -> SimpleNamespace:
+    """``free_port``, ``running_service`` and ``stop_process_group`` for fixtures and tests in other files."""
+    return SimpleNamespace(free_port=free_port, running_service=running_service,
+                           stop_process_group=stop_process_group)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a moto S3 server started for the session (``http://127.0.0.1:PORT``)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("moto") / "moto_server.log"
+    command = [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)]
+    with running_service("moto_server", command, url + "/moto-api/", log, timeout_s=30):
+        yield url
 
 
 @pytest.fixture

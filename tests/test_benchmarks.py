@@ -116,6 +116,9 @@ def test_training_plain_run_records_every_step(tmp_path) -> None:
     assert 0 <= row["first_step_s"] < row["total_s"]
     assert row["steady_samples_per_s"] >= row["total_samples_per_s"] > 0
 
+    in_memory = training.plain_run(config, manifest, in_memory=True)
+    assert len(in_memory["steps"]) == len(run["steps"])
+
 
 def test_training_rejects_bad_worker_counts() -> None:
     assert training.main(["--workers", "0"]) == 2

@@ -62,6 +62,18 @@ def test_faiss_ivf_probing_every_list_is_exact_in_distance() -> None:
     assert np.all(ids >= 0)
 
 
+def test_a_stored_ivf_index_gives_the_same_results_and_must_match_the_codes() -> None:
+    rng = np.random.default_rng(9)
+    database = clustered_codes(rng, 1000, 32, clusters=8, flip=0.1)
+    queries = clustered_codes(rng, 20, 32, clusters=8, flip=0.1)
+    built = HammingIndex(database, backend="faiss-ivf", nlist=8, nprobe=2)
+    loaded = HammingIndex(database, backend="faiss-ivf", nprobe=2, trained=built.serialized())
+    for got, want in zip(loaded.search(queries, 10), built.search(queries, 10), strict=True):
+        assert np.array_equal(got, want)
+    with pytest.raises(ValueError, match="holds 1000 codes of 32 bits, not these 999"):
+        HammingIndex(database[:999], backend="faiss-ivf", trained=built.serialized())
+
+
 def test_keys_for_maps_ids_and_empty_slots() -> None:
     codes = np.array([[0x00], [0xFF], [0x0F]], dtype=np.uint8)
     index = HammingIndex(codes, keys=["a", "b", "c"])

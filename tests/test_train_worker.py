@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -135,12 +134,6 @@ def test_an_epoch_without_batches_is_a_clear_error() -> None:
         run_epoch(state, [])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cached_idhn(features: torch.Tensor) -> IDHN:
     torch.manual_seed(0)
     return IDHN(CachedFeatures(features.shape[1] - 4, 4), bits=16, num_classes=10)
@@ -169,7 +162,7 @@ def _ddp_worker(rank: int, port: int, config: Config, out: multiprocessing.Queue
         torch.distributed.destroy_process_group()
 
 
-def test_two_gloo_workers_train_like_one_process_on_the_global_batch() -> None:
+def test_two_gloo_workers_train_like_one_process_on_the_global_batch(services) -> None:
     """Under DDP each worker holds half of every batch; pairs span the global batch and the epoch loss is
     averaged over workers, so loss and weights equal one process on the whole batches."""
     config = _config(**{"train.lr_step_every": "null"})
@@ -180,7 +173,7 @@ def test_two_gloo_workers_train_like_one_process_on_the_global_batch() -> None:
 
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
-    port = _free_port()
+    port = services.free_port()
     procs = [ctx.Process(target=_ddp_worker, args=(rank, port, config, out)) for rank in range(2)]
     for p in procs:
         p.start()

@@ -48,7 +48,7 @@ def _check_results(root: Path, stdout: str, codes_root: str) -> None:
         client = MlflowClient()
         challenger = client.get_model_version_by_alias(MODEL_NAME, "challenger")
         champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
-        assert challenger.version == champion.version == "1"
+        assert int(challenger.version) == int(champion.version) == 1
         jobs = {run.data.tags.get("job") for run in mlflow.search_runs(search_all_experiments=True,
                                                                           output_format="list")}
         assert {"train", "encode", "evaluate"} <= jobs

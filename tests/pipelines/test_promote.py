@@ -10,12 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -162,47 +157,19 @@ def test_dry_run_decides_but_moves_and_records_nothing(model_registry, capsys) -
     assert not [r for r in runs if r.data.tags.get("model_name") == "dry"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
+def mlflow_server(tmp_path: Path, services) -> Iterator[str]:
     """A real ``mlflow server`` (sqlite backend, proxied artifacts, one worker) on 127.0.0.1; its URL."""
-    port = _free_port()
+    port = services.free_port()
     url = f"http://127.0.0.1:{port}"
-    exe = Path(sys.executable).with_name("mlflow")
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+               "--artifacts-destination", str(tmp_path / "artifacts")]
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true",
                DO_NOT_TRACK="true")
-    with open(tmp_path / "server.log", "wb") as log:
-        proc = subprocess.Popen(
-            [str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-             "--artifacts-destination", str(tmp_path / "artifacts")],
-            stdout=log, stderr=log, env=env, cwd=tmp_path, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 90
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"mlflow server exited with {proc.returncode}: "
-                                       f"{(tmp_path / 'server.log').read_text()[-2000:]}")
-                try:
-                    with urllib.request.urlopen(f"{url}/health", timeout=1):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"mlflow server did not answer on {url} within 90 s") from None
-                    time.sleep(0.3)
-            yield url
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and the workers it started
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    with services.running_service("mlflow server", command, f"{url}/health", tmp_path / "server.log",
+                                  timeout_s=90, env=env, cwd=tmp_path):
+        yield url
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,6 +80,12 @@ def test_faiss_ivf_probing_every_list_gives_the_exact_distances(model_registry, 
     index = database.index_of()
     true = hamming_distance(database.codes[10:11], database.codes)[0]
     assert all(true[index[h.key]] == h.distance for h in result.hits)
+    # The clustered index was kept next to the codes, and the next search loads it with the same hits.
+    stored = list(Path(result.codes_uri, "index").glob("database-ivf4-*.faiss"))
+    assert len(stored) == 1
+    again = run_search(config, key=str(database.keys[10]))
+    assert again.hits == result.hits and stored[0].stat().st_mtime_ns == next(
+        Path(result.codes_uri, "index").glob("database-ivf4-*.faiss")).stat().st_mtime_ns
 
 
 def test_image_file_of_a_database_item_is_encoded_to_its_stored_code(model_registry, idhn, tmp_path) -> None:

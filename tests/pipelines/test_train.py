@@ -11,12 +11,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,12 +25,6 @@ REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 MODEL_NAME = "hashing-idhn-builtin-tiny"
 JOB_TIMEOUT_S = 420
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -92,16 +84,6 @@ def _metric_history(root: Path, run_id: str, key: str) -> list[tuple[int, float]
     return [(m.step, m.value) for m in _client(root).get_metric_history(run_id, key)]
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 # --- fast: bad input is one clear message ---------------------------------------------------------------
 
 
@@ -127,34 +109,20 @@ def test_a_missing_dataset_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCa
 
 
 @pytest.fixture
-def ray_head() -> Iterator[str]:
+def ray_head(services) -> Iterator[str]:
     """A local Ray head (``ray start --head --block``, dashboard and job server on 127.0.0.1, auth off for
-    local development); yields the job server URL. Stopped by terminating that ``ray start`` process,
-    which takes its own children down (never ``ray stop``, which would stop every Ray on the machine)."""
-    port, dashboard = _free_port(), _free_port()
+    local development); yields the job server URL. Stopped through its process group (never ``ray stop``,
+    which would stop every Ray on the machine)."""
+    port, dashboard = services.free_port(), services.free_port()
     temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")  # short: Ray's socket paths have a length limit
     url = f"http://127.0.0.1:{dashboard}"
-    with open(Path(temp_dir, "ray-start.log"), "w") as log:
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={port}",
-             f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1",
-             "--num-cpus=4", "--include-dashboard=true", f"--temp-dir={temp_dir}"],
-            env=_env(RAY_AUTH_MODE="disabled", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0"), stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                assert proc.poll() is None, Path(temp_dir, "ray-start.log").read_text()[-3000:]
-                try:
-                    with urllib.request.urlopen(f"{url}/api/version", timeout=2):
-                        break
-                except OSError:
-                    assert time.monotonic() < deadline, "the Ray head did not come up within 120 s"
-                    time.sleep(0.5)
-            yield url
-        finally:
-            _stop(proc)
+    command = [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dashboard}",
+               "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", "--num-cpus=4",
+               "--include-dashboard=true", f"--temp-dir={temp_dir}"]
+    env = _env(RAY_AUTH_MODE="disabled", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
+    with services.running_service("ray head", command, f"{url}/api/version", Path(temp_dir, "ray-start.log"),
+                                  timeout_s=120, env=env):
+        yield url
 
 
 @pytest.mark.slow
@@ -221,13 +189,13 @@ def _latest_checkpoint(storage: Path) -> str | None:
 
 
 @pytest.mark.slow
-def test_a_killed_worker_restarts_from_the_last_checkpoint(tiny_dataset: str, tmp_path: Path) -> None:
+def test_a_killed_worker_restarts_from_the_last_checkpoint(tiny_dataset: str, tmp_path: Path, services) -> None:
     root = tmp_path / "run"
     epochs = 4
     proc = subprocess.Popen(
         [sys.executable, *_train_args(root, tiny_dataset, f"train.epochs={epochs}", "train.max_failures=2",
                                       "ray.num_cpus=4")],
-        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 240
@@ -240,7 +208,7 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(tiny_dataset: str, tm
         os.kill(workers[-1], signal.SIGKILL)
         output, _ = proc.communicate(timeout=JOB_TIMEOUT_S)
     finally:
-        _stop(proc)
+        services.stop_process_group(proc)
     assert proc.returncode == 0, output[-5000:]
 
     run = _only_run(root)

@@ -1,7 +1,7 @@
 """Training benchmark: Ray Train (DDP) with 1 and 2 workers vs the plain single-process loop.
 
     .venv/bin/python benchmarks/training.py [--config configs/test.yaml] [--preset small]
-        [--epochs 2] [--workers 1,2] [--workdir DIR] [key=value ...]
+        [--epochs 2] [--workers 1,2] [--threads 1] [--workdir DIR] [key=value ...]
 
 Recipe: the built-in dataset ``--preset`` is ingested into a temporary folder -> the same method,
 config and training split are trained

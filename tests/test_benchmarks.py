@@ -74,7 +74,6 @@ def _restore_mlflow_globals(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
 
 
-@pytest.mark.slow
 @pytest.mark.usefixtures("_restore_mlflow_globals")
 def test_encode_plain_loop_and_shard_encoder_encode_the_same_images(tmp_path) -> None:
     config, manifest = encode_throughput.prepare(tmp_path, TEST_CONFIG, "tiny", ["dataset.shard_size=128"])
@@ -102,7 +101,6 @@ def test_encode_plain_loop_and_shard_encoder_encode_the_same_images(tmp_path) ->
     assert written == plain["codes"]
 
 
-@pytest.mark.slow
 def test_training_plain_run_records_every_step(tmp_path) -> None:
     config, manifest = training.prepare(tmp_path, TEST_CONFIG, "tiny", ["train.epochs=2", "train.batch_size=32"])
     run = training.plain_run(config, manifest)

@@ -125,6 +125,24 @@ def ray_head(services) -> Iterator[str]:
         yield url
 
 
+def _submit_job(address: str, entrypoint: list[str], attempts: int = 4) -> subprocess.CompletedProcess:
+    """``ray job submit`` from the repository; submitted again while the head's job agent has not
+    registered yet (a fresh head on a busy machine answers "No available agent ... try again later")."""
+    def submit() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--working-dir", ".", "--", *entrypoint],
+            cwd=REPO, env=_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=JOB_TIMEOUT_S,
+            check=False,
+        )
+
+    for _ in range(attempts - 1):
+        done = submit()
+        if "No available agent" not in done.stdout + done.stderr:
+            return done
+        time.sleep(5)
+    return submit()
+
+
 @pytest.mark.slow
 def test_ray_job_submit_trains_evaluates_and_registers_a_loadable_model(
     ray_head: str, tiny_dataset: str, tmp_path: Path
@@ -138,11 +156,7 @@ def test_ray_job_submit_trains_evaluates_and_registers_a_loadable_model(
     from pipelines.train import encode_split, make_preprocess
 
     root = tmp_path / "run"
-    done = subprocess.run(
-        [str(VENV_BIN / "ray"), "job", "submit", "--address", ray_head, "--working-dir", ".", "--",
-         "python", *_train_args(root, tiny_dataset)],
-        cwd=REPO, env=_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=JOB_TIMEOUT_S, check=False,
-    )
+    done = _submit_job(ray_head, ["python", *_train_args(root, tiny_dataset)])
     output = done.stdout + done.stderr
     assert done.returncode == 0 and "succeeded" in output, output[-5000:]
 

@@ -11,7 +11,12 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from hashing.config import Config
+    from hashing.data.schema import DatasetManifest
 
 T = TypeVar("T")
 
@@ -65,3 +70,21 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def builtin_config(workdir: Path, config_path: str, preset: str,
+                   overrides: Sequence[str]) -> tuple[Config, DatasetManifest]:
+    """Ingest the built-in ``preset`` under ``workdir`` (once; a rerun reuses it) and load ``config_path``
+    pointed at it, runs under ``workdir``; return (config, manifest)."""
+    from hashing.config import load_config
+    from hashing.data.schema import load_manifest
+    from pipelines.ingest import builtin_source, ingest
+
+    dataset = workdir / f"builtin-{preset}"
+    config = load_config(config_path, [f"run.root={workdir}", f"dataset.builtin={preset}",
+                                       f"dataset.uri={dataset}", *overrides])
+    if not (dataset / "dataset.json").exists():
+        classes, tags, total, records = builtin_source(preset, seed=config.dataset.seed)
+        ingest(str(dataset), records, name=f"builtin-{preset}", classes=classes, tags=tags, total=total,
+               shard_size=config.dataset.shard_size, progress=False)
+    return config, load_manifest(str(dataset))

@@ -43,17 +43,16 @@ sys.path.insert(0, str(REPO))
 
 import mlflow
 
-from benchmarks.common import machine, markdown_table
+from benchmarks.common import builtin_config, machine, markdown_table
 from hashing import storage, tracking
 from hashing.code_shards import load_split
 from hashing.codes import pack_signs
-from hashing.config import Config, ConfigError, load_config
+from hashing.config import Config, ConfigError
 from hashing.data.read import _decode_shard
-from hashing.data.schema import DatasetManifest, load_manifest
+from hashing.data.schema import DatasetManifest
 from hashing.encoding import Encoder, ShardEncoder, ShardRef
 from hashing.train_worker import build_training_method
 from pipelines.encode import run_encode
-from pipelines.ingest import builtin_source, ingest
 
 log = logging.getLogger("bench.encode")
 
@@ -63,14 +62,7 @@ PLAIN = "plain torch loop (1 process)"
 
 def prepare(workdir: Path, config_path: str, preset: str, overrides: list[str]) -> tuple[Config, DatasetManifest]:
     """Ingest the built-in ``preset`` under ``workdir``, register the config's model; return both."""
-    dataset = workdir / f"builtin-{preset}"
-    config = load_config(config_path, [f"run.root={workdir}", f"dataset.builtin={preset}",
-                                       f"dataset.uri={dataset}", *overrides])
-    if not (dataset / "dataset.json").exists():
-        classes, tags, total, records = builtin_source(preset, seed=config.dataset.seed)
-        ingest(str(dataset), records, name=f"builtin-{preset}", classes=classes, tags=tags, total=total,
-               shard_size=config.dataset.shard_size, progress=False)
-    manifest = load_manifest(str(dataset))
+    config, manifest = builtin_config(workdir, config_path, preset, overrides)
     tracking.setup_tracking(config)
     tracking.set_experiment(config, manifest.name)
     method = build_training_method(config, len(manifest.classes), len(manifest.tags or []))

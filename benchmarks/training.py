@@ -40,28 +40,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import machine, markdown_table
-from hashing.config import Config, ConfigError, load_config
+from benchmarks.common import builtin_config, machine, markdown_table
+from hashing.config import Config, ConfigError
 from hashing.data.read import TORCH_COLUMNS, RemoteQuarantine, iter_split
-from hashing.data.schema import DatasetManifest, load_manifest
+from hashing.data.schema import DatasetManifest
 from hashing.train_worker import build_training_method
 from hashing.training import fit
 from pipelines import train as train_job
-from pipelines.ingest import builtin_source, ingest
 
 log = logging.getLogger("bench.training")
-
-
-def prepare(workdir: Path, config_path: str, preset: str, overrides: list[str]) -> tuple[Config, DatasetManifest]:
-    """Ingest the built-in ``preset`` under ``workdir`` (once); return the config pointing at it."""
-    dataset = workdir / f"builtin-{preset}"
-    config = load_config(config_path, [f"run.root={workdir}", f"dataset.builtin={preset}",
-                                       f"dataset.uri={dataset}", *overrides])
-    if not (dataset / "dataset.json").exists():
-        classes, tags, total, records = builtin_source(preset, seed=config.dataset.seed)
-        ingest(str(dataset), records, name=f"builtin-{preset}", classes=classes, tags=tags, total=total,
-               shard_size=config.dataset.shard_size, progress=False)
-    return config, load_manifest(str(dataset))
 
 
 def plain_run(config: Config, manifest: DatasetManifest, in_memory: bool = False) -> dict[str, Any]:
@@ -176,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [f"train.epochs={args.epochs}", *args.overrides]
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         try:
-            config, manifest = prepare(Path(args.workdir or tmp).resolve(), args.config, args.preset, overrides)
+            config, manifest = builtin_config(Path(args.workdir or tmp).resolve(), args.config, args.preset, overrides)
         except (ConfigError, ValueError, FileNotFoundError) as exc:
             log.error("%s", exc)
             return 2

@@ -13,7 +13,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from benchmarks import encode_throughput, evaluation, search, training
+from benchmarks import common, encode_throughput, evaluation, search, training
 from hashing import storage
 from hashing.code_shards import load_split, part_uri
 from hashing.encoding import Encoder, ShardEncoder
@@ -102,7 +102,7 @@ def test_encode_plain_loop_and_shard_encoder_encode_the_same_images(tmp_path) ->
 
 
 def test_training_plain_run_records_every_step(tmp_path) -> None:
-    config, manifest = training.prepare(tmp_path, TEST_CONFIG, "tiny", ["train.epochs=2", "train.batch_size=32"])
+    config, manifest = common.builtin_config(tmp_path, TEST_CONFIG, "tiny", ["train.epochs=2", "train.batch_size=32"])
     run = training.plain_run(config, manifest)
     steps_per_epoch = manifest.split("train").samples // 32
     assert len(run["steps"]) == 2 * steps_per_epoch

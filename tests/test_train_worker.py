@@ -171,7 +171,7 @@ def test_two_gloo_workers_train_like_one_process_on_the_global_batch(services) -
     expected = run_epoch(single, [{"image": features[i: i + BATCH], "labels": labels[i: i + BATCH]}
                                   for i in range(0, ROWS, BATCH)])
 
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # fork would copy Ray's and torch's threads' locks
     out = ctx.Queue()
     port = services.free_port()
     procs = [ctx.Process(target=_ddp_worker, args=(rank, port, config, out)) for rank in range(2)]

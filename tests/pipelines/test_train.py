@@ -111,36 +111,22 @@ def test_a_missing_dataset_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCa
 @pytest.fixture
 def ray_head(services) -> Iterator[str]:
     """A local Ray head (``ray start --head --block``, dashboard and job server on 127.0.0.1, auth off for
-    local development); yields the job server URL. Stopped through its process group (never ``ray stop``,
-    which would stop every Ray on the machine)."""
+    local development); yields the job server URL. Every port it listens on is a free one: the job agent's
+    default (52365) is taken by any other Ray on the machine, and without its agent the head answers
+    "No available agent to submit job". Stopped through its process group (never ``ray stop``, which
+    would stop every Ray on the machine)."""
     port, dashboard = services.free_port(), services.free_port()
+    agent_ports = [f"--{flag}={services.free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port")]
     temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")  # short: Ray's socket paths have a length limit
     url = f"http://127.0.0.1:{dashboard}"
     command = [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dashboard}",
                "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", "--num-cpus=4",
-               "--include-dashboard=true", f"--temp-dir={temp_dir}"]
+               "--include-dashboard=true", f"--temp-dir={temp_dir}", *agent_ports]
     env = _env(RAY_AUTH_MODE="disabled", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
     with services.running_service("ray head", command, f"{url}/api/version", Path(temp_dir, "ray-start.log"),
                                   timeout_s=120, env=env):
         yield url
-
-
-def _submit_job(address: str, entrypoint: list[str], attempts: int = 4) -> subprocess.CompletedProcess:
-    """``ray job submit`` from the repository; submitted again while the head's job agent has not
-    registered yet (a fresh head on a busy machine answers "No available agent ... try again later")."""
-    def submit() -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--working-dir", ".", "--", *entrypoint],
-            cwd=REPO, env=_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=JOB_TIMEOUT_S,
-            check=False,
-        )
-
-    for _ in range(attempts - 1):
-        done = submit()
-        if "No available agent" not in done.stdout + done.stderr:
-            return done
-        time.sleep(5)
-    return submit()
 
 
 @pytest.mark.slow
@@ -156,7 +142,11 @@ def test_ray_job_submit_trains_evaluates_and_registers_a_loadable_model(
     from pipelines.train import encode_split, make_preprocess
 
     root = tmp_path / "run"
-    done = _submit_job(ray_head, ["python", *_train_args(root, tiny_dataset)])
+    done = subprocess.run(
+        [str(VENV_BIN / "ray"), "job", "submit", "--address", ray_head, "--working-dir", ".", "--",
+         "python", *_train_args(root, tiny_dataset)],
+        cwd=REPO, env=_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=JOB_TIMEOUT_S, check=False,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0 and "succeeded" in output, output[-5000:]
 

@@ -217,7 +217,7 @@ def run_job(config: Config, manifest: DatasetManifest, model: ResolvedModel, pen
         paths = list(pending)
         start = time.perf_counter()
         data = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True, override_num_blocks=len(paths),
-                                          ray_remote_args={"num_cpus": enc.cpus_per_actor})
+                                          num_cpus=enc.cpus_per_actor)
         parts = data.map_batches(
             ShardEncoder,
             batch_size=1,

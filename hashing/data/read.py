@@ -322,7 +322,7 @@ def read_split(root: str, split: str, preprocess: Preprocess, *, strict: bool = 
     shards = {_normalise(p): (storage.join(root, s.path), s) for p, s in zip(paths, info.shards, strict=True)}
     image_shape = tuple(preprocess(np.zeros((8, 8, 3), np.uint8)).shape)
     ds = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True, override_num_blocks=len(paths),
-                                    ray_remote_args={"num_cpus": num_cpus})
+                                    num_cpus=num_cpus)
     return ds.map_batches(
         _decode_shard_batch,
         batch_size=1,

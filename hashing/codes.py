@@ -40,8 +40,9 @@ def check_codes(codes: np.ndarray, name: str, width: int | None = None) -> None:
         raise ValueError(f"{name} must be packed codes uint8[n, bits // 8], got {dtype} with shape {shape}")
     if width is not None and codes.shape[1] != width:
         raise ValueError(f"{name} must have {width} bytes per code ({width * 8} bits), got {codes.shape[1]}")
-    if codes.shape[1] == 0:
-        raise ValueError(f"{name} has 0 bytes per code: codes need at least {MIN_BITS} bits")
+    if not MIN_BITS <= codes.shape[1] * 8 <= MAX_BITS:
+        raise ValueError(f"{name} have {codes.shape[1]} bytes per code ({codes.shape[1] * 8} bits); "
+                         f"codes are {MIN_BITS} to {MAX_BITS} bits ({MIN_BITS // 8} to {MAX_BITS // 8} bytes)")
 
 
 def signs_to_bits(u: Any) -> np.ndarray:

@@ -137,6 +137,16 @@ def test_hamming_distance_rejects_mismatched_widths_and_dtypes() -> None:
         hamming_distance(np.zeros((1, 2), np.uint8), np.zeros((1, 2), np.int64))
 
 
+@pytest.mark.parametrize("width", [0, 129])
+def test_distance_and_topk_reject_code_lengths_outside_8_to_1024_bits(width: int) -> None:
+    codes = np.zeros((2, width), np.uint8)
+    with pytest.raises(ValueError, match=rf"query codes have {width} bytes per code \({width * 8} bits\); "
+                                         r"codes are 8 to 1024 bits"):
+        hamming_distance(codes, codes)
+    with pytest.raises(ValueError, match="codes are 8 to 1024 bits"):
+        topk_hamming(codes, codes, k=1)
+
+
 def reference_topk(queries: np.ndarray, database: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     distances = brute_hamming(queries, database)
     order = np.argsort(distances, axis=1, kind="stable")[:, :k]

@@ -24,7 +24,7 @@ import torch
 from hashing import storage
 from hashing.checkpoints import load_training_state
 from hashing.codes import pack_signs
-from hashing.config import Config, config_to_dict, parse_cli
+from hashing.config import Config, config_from_args, config_parser, config_to_dict
 from hashing.data.quarantine import BadInputError, Quarantine, TooManyBadSamplesError
 from hashing.data.read import TORCH_COLUMNS, RemoteQuarantine, iter_split, read_split
 from hashing.data.schema import DatasetManifest, load_manifest
@@ -58,10 +58,24 @@ class TrainingFailed(RuntimeError):
     """Ray Train gave up (a worker error with no restarts left); the message says where the checkpoints are."""
 
 
+def parse_train_cli(argv: list[str] | None) -> Config:
+    """``--config``/``key=value`` as every job, plus ``--num-workers N`` and ``--use-gpu``: shorthands for
+    ``train.num_workers=N`` and ``train.use_gpu=true`` that win over the same keys given as overrides."""
+    parser = config_parser("Train a hashing method with Ray Train (DDP) and register it in MLflow.")
+    parser.add_argument("--num-workers", metavar="N", help="Ray Train workers (DDP processes): train.num_workers")
+    parser.add_argument("--use-gpu", action="store_true", help="a GPU per worker, nccl: train.use_gpu=true")
+    args = parser.parse_intermixed_args(argv)
+    if args.num_workers is not None:
+        args.overrides.append(f"train.num_workers={args.num_workers}")
+    if args.use_gpu:
+        args.overrides.append("train.use_gpu=true")
+    return config_from_args(parser, args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 on success, 2 on bad input (message logged, no traceback)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = parse_cli(argv, description="Train a hashing method with Ray Train (DDP) and register it in MLflow.")
+    config = parse_train_cli(argv)
     try:
         manifest = load_manifest(config.dataset.uri)
     except (FileNotFoundError, ValueError) as exc:

@@ -97,6 +97,20 @@ def test_a_bad_config_value_names_the_key(capsys: pytest.CaptureFixture[str]) ->
     assert "train.num_workers" in err and "train.max_failures" in err
 
 
+def test_num_workers_and_use_gpu_flags_set_the_train_keys_and_win_over_overrides(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pipelines.train import parse_train_cli
+
+    config = parse_train_cli(["--config", str(REPO / "configs/test.yaml"), "train.num_workers=1",
+                              "--num-workers", "3", "--use-gpu"])
+    assert config.train.num_workers == 3 and config.train.use_gpu is True
+    assert parse_train_cli(["--config", str(REPO / "configs/test.yaml")]).train.use_gpu is False
+    with pytest.raises(SystemExit) as exit_info:
+        parse_train_cli(["--num-workers", "none"])
+    assert exit_info.value.code == 2 and "train.num_workers" in capsys.readouterr().err
+
+
 def test_a_missing_dataset_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from pipelines.train import main
 

@@ -77,24 +77,31 @@ def plain_run(config: Config, manifest: DatasetManifest, in_memory: bool = False
 
 
 def timed_train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
-    """``train_loop_per_worker`` with every ``train_step`` timed; adds ``step_times`` [(start, end)]."""
+    """``train_loop_per_worker`` with every ``train_step`` timed; adds ``step_times`` [(start, end)],
+    ``loop_start`` (the worker entered the loop) and ``model_ready`` (model built, DDP-wrapped, checkpoint
+    restored: the first ``run_epoch`` call), all ``time.time()`` seconds."""
     import hashing.train_worker as worker
 
-    original = worker.train_step
+    original_step, original_epoch = worker.train_step, worker.run_epoch
+    marks: dict[str, float] = {"loop_start": time.time()}
     step_times: list[tuple[float, float]] = []
 
     def timed_step(*args: Any, **kwargs: Any) -> dict[str, float]:
         step_start = time.time()
-        terms = original(*args, **kwargs)
+        terms = original_step(*args, **kwargs)
         step_times.append((step_start, time.time()))
         return terms
 
-    worker.train_step = timed_step
+    def marked_epoch(*args: Any, **kwargs: Any) -> dict[str, float]:
+        marks.setdefault("model_ready", time.time())
+        return original_epoch(*args, **kwargs)
+
+    worker.train_step, worker.run_epoch = timed_step, marked_epoch
     try:
         result = worker.train_loop_per_worker(loop_config)
     finally:
-        worker.train_step = original
-    return {**result, "step_times": step_times}
+        worker.train_step, worker.run_epoch = original_step, original_epoch
+    return {**result, **marks, "step_times": step_times}
 
 
 def ray_run(config: Config, manifest: DatasetManifest, workers: int) -> dict[str, Any]:
@@ -110,18 +117,29 @@ def ray_run(config: Config, manifest: DatasetManifest, workers: int) -> dict[str
     config = config.model_copy(update={"train": config.train.model_copy(update={"num_workers": workers})})
     start = time.time()
     started = init_ray(config.ray.address, config.ray.num_cpus)
+    ray_ready = time.time()
     ray.data.DataContext.get_current().enable_progress_bars = False
     original_loop = train_job.train_loop_per_worker
     train_job.train_loop_per_worker = timed_train_loop  # what train_job.fit hands to TorchTrainer
     try:
         data = train_job.read_training_split(config, train_job.make_preprocess(config),
                                              RemoteQuarantine(config.data.max_bad_fraction))
+        fit_start = time.time()
         result = train_job.fit(config, manifest, data, run_name=f"bench-{workers}w-{int(start)}")
     finally:
         train_job.train_loop_per_worker = original_loop
         if started:
             ray.shutdown()
-    return {"start": start, "end": time.time(), "steps": result.return_value["step_times"],
+    rank0 = result.return_value
+    steps = rank0["step_times"]
+    startup = {
+        "ray.init": ray_ready - start,
+        "Ray Data plan (driver)": fit_start - ray_ready,
+        "Ray Train controller + worker group + DDP process group": rank0["loop_start"] - fit_start,
+        "model build + DDP wrap (ours, in the worker)": rank0["model_ready"] - rank0["loop_start"],
+        "first batch (Ray Data read + decode + split)": steps[0][0] - rank0["model_ready"] if steps else float("nan"),
+    }
+    return {"start": start, "end": time.time(), "steps": steps, "startup": startup,
             "global_batch": config.train.batch_size * workers}
 
 
@@ -136,7 +154,7 @@ def summarise(name: str, run: dict[str, Any]) -> dict[str, Any]:
     return {"run": name, "steps": len(steps), "global_batch": run["global_batch"], "samples": samples,
             "first_step_s": steps[0][0] - run["start"], "steady_s": steady, "total_s": total,
             "steady_samples_per_s": samples / steady if steady > 0 else float("nan"),
-            "total_samples_per_s": samples / total}
+            "total_samples_per_s": samples / total, **({"startup": run["startup"]} if "startup" in run else {})}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{r['steady_samples_per_s'] / base['steady_samples_per_s']:.2f}x", f"{r['total_samples_per_s']:.1f}",
           f"{r['total_samples_per_s'] / base['total_samples_per_s']:.2f}x", f"{r['total_s']:.1f}"] for r in rows],
     ))
+    ray_rows = [r for r in rows if "startup" in r]
+    if ray_rows:
+        print("\nTime to first step of the Ray runs, by stage (s; rank 0's clock for the worker stages):\n")
+        print(markdown_table(["stage", *(r["run"] for r in ray_rows)],
+                             [[stage, *(f"{r['startup'][stage]:.1f}" for r in ray_rows)]
+                              for stage in ray_rows[0]["startup"]]))
     return 0
 
 

@@ -113,6 +113,39 @@ def test_iter_split_reads_everything_in_order(tmp_path: Path, photos, preprocess
         next(iter_split(str(tmp_path / "nothing"), "train"))
 
 
+def test_ray_decode_hands_on_a_shard_in_blocks_of_about_decoded_block_bytes(
+    tmp_path: Path, photos, preprocess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hashing.data import read
+
+    samples = [_good(photos, i) for i in range(7)] + [("bad", {"png": b"not a png", "json": sample_json([0], [])})]
+    manifest = _write(str(tmp_path), samples, shard_size=8)
+    info = manifest.split("train").shards[0]
+    path = str(tmp_path / info.path)
+    monkeypatch.setattr(read, "DECODED_BLOCK_BYTES", 3 * 3 * SIZE * SIZE * 4 + 100)  # 3 float32 images
+    q = Quarantine()
+    blocks = list(read._decode_shard_batch(
+        {"bytes": [Path(path).read_bytes()], "path": [path]}, {read._normalise(path): (path, info)},
+        classes=len(CLASSES), preprocess=preprocess, vocab=TagVocabulary(TAGS), image_shape=(3, SIZE, SIZE),
+        strict=False, quarantine=_Reports(q)))
+    assert [len(b["key"]) for b in blocks] == [3, 3, 1]
+    assert [k for b in blocks for k in b["key"]] == [k for k, _ in samples[:7]]
+    assert all(b["image"].shape[1:] == (3, SIZE, SIZE) for b in blocks)
+    assert q.good == 7 and [r.key for r in q.records] == ["bad"]
+
+
+class _Reports:
+    """``RemoteQuarantine.report`` into a local ``Quarantine`` (the UDF called without Ray)."""
+
+    def __init__(self, quarantine: Quarantine) -> None:
+        self.quarantine = quarantine
+
+    def report(self, shard: str, good: int, bad: list[BadSample]) -> None:
+        self.quarantine.add_good(good)
+        for sample in bad:
+            self.quarantine.add(sample)
+
+
 def _bad_dataset(root: str, photos) -> list[tuple[str, BadKind, str]]:
     """A train split with one bad sample of each in-shard kind; returns (key, kind, shard) expected."""
     good = [_good(photos, i) for i in range(6)]

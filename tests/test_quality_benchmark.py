@@ -29,15 +29,37 @@ def test_smoke_preset_prints_the_table_with_scores_in_unit_range(tmp_path, capsy
     assert [(r[0], r[2]) for r in rows] == [("float", "-"), ("dsmhn", "16"), ("itq", "16")]
     by_method = {r[0]: dict(zip(header, r, strict=True)) for r in rows}
     for row in rows:
-        scores = [float(v) for v in row[3:8] if v != "-"]
+        scores = [float(v) for v in row[3:9] if v != "-"]
         assert scores and all(0.0 <= v <= 1.0 for v in scores), row
     # DSMHN has the cross-modal columns, the image-only rows do not; float features have no radius.
-    assert by_method["dsmhn"]["I->T mAP@1000"] != "-" and by_method["dsmhn"]["T->I mAP@1000"] != "-"
-    assert by_method["itq"]["I->T mAP@1000"] == "-" and by_method["float"]["P@r<=2"] == "-"
+    cross_modal = ["I->T mAP@1000", "T->I mAP@1000", "T->T mAP@1000"]
+    assert header[6:9] == cross_modal
+    assert all(by_method["dsmhn"][c] != "-" for c in cross_modal)
+    assert all(by_method["itq"][c] == "-" for c in cross_modal) and by_method["float"]["P@r<=2"] == "-"
+    assert quality.COLUMN_NOTE in printed  # says the unprefixed columns are I->I
     assert "Targets:" in printed and "skipped: best 64-bit codes" in printed
     saved = json.loads(out_json.read_text())
     assert [r["method"] for r in saved["rows"]] == ["float", "dsmhn", "itq"]
     assert len(list((tmp_path / "cache").glob("tiny-seed0-small_cnn-random-32px.npz"))) == 1
+
+
+def test_score_codes_pairs_each_column_with_its_query_and_database_modality():
+    # Text codes equal to the label bits retrieve perfectly; image codes are noise. So I->I and the
+    # columns with one image side are low, T->T is 1: each column reads the right (modality, split).
+    rng = np.random.default_rng(0)
+    labels = {s: np.eye(4, dtype=np.float32)[rng.integers(0, 4, n)] for s, n in (("query", 30), ("database", 200))}
+    text = {s: np.repeat(2 * labels[s] - 1, 4, axis=1) for s in labels}  # float32[n, 16] in {-1, +1}
+    image = {s: rng.standard_normal((len(labels[s]), 16)).astype(np.float32) for s in labels}
+    codes = {(m, s): c[s] for m, c in (("image", image), ("text", text)) for s in labels}
+    features = quality.FeatureSet(
+        {s: quality.Split(np.zeros((len(labels[s]), 1), np.float32), labels[s], np.zeros((len(labels[s]), 1)))
+         for s in labels}, 1, 0)
+    row = quality.score_codes(quality.Trained(codes, [], 0.0), features)
+    assert row["t2t"] == pytest.approx(1.0)
+    assert max(row[quality.MAP], row["i2t"], row["t2i"]) < 0.6
+    image_only = quality.score_codes(quality.Trained({k: v for k, v in codes.items() if k[0] == "image"}, [], 0.0),
+                                     features)
+    assert set(image_only) == {quality.MAP, quality.NDCG, quality.PR}
 
 
 def test_unknown_method_is_one_error_and_exit_code_2(tmp_path, caplog):

@@ -1,7 +1,7 @@
 """The typed run configuration: one pydantic schema, YAML files with ``include:``, ``key=value`` overrides.
 
-A config is a YAML mapping of sections (``run``, ``ray``, ``dataset``, ``data``, ``model``, ``method``,
-``train``, ``tracking``, ``encode``, ``evaluate``, ``promote``, ``search``). Every section forbids
+A config is a YAML mapping of sections (``run``, ``ray``, ``storage``, ``dataset``, ``data``, ``model``,
+``method``, ``train``, ``tracking``, ``encode``, ``evaluate``, ``promote``, ``search``). Every section forbids
 unknown keys; ``method.params`` is checked against the method class constructor, so a typo names
 the keys the method accepts. A file may ``include:`` other YAML files (paths relative to itself);
 they are merged in order (nested mappings merge, other values replace), then the file's own keys,
@@ -23,6 +23,7 @@ import typing
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -77,6 +78,34 @@ def _no_credentials(uri: str | None, key: str) -> str | None:
     return uri
 
 
+def check_s3_endpoint(url: str | None, key: str = "storage.s3_endpoint") -> str | None:
+    """``url`` if it is an ``http(s)://host[:port]`` URL with no credentials, path, query or fragment.
+
+    Raises ValueError naming ``key`` (a config key, or a command-line flag) otherwise.
+    """
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        raise ValueError(
+            f"{key}: the URL contains credentials (user@); give them through the environment "
+            "(AWS_* variables) instead"
+        )
+    try:
+        port = parts.port
+    except ValueError:  # not a number in 0..65535
+        port = -1
+    if (
+        parts.scheme not in ("http", "https") or not parts.hostname or port == -1
+        or parts.path not in ("", "/") or parts.query or parts.fragment
+    ):
+        raise ValueError(
+            f"{key}: expected the http:// or https:// URL of an S3-compatible endpoint without a path, "
+            f"like http://127.0.0.1:9000, got {url!r}"
+        )
+    return url
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
@@ -111,6 +140,25 @@ class RaySection(_Section):
     @classmethod
     def _address(cls, v: str | None) -> str | None:
         return _no_credentials(v, "ray.address")
+
+
+class StorageSection(_Section):
+    """Where ``s3://`` URIs go (credentials never: they come from the environment / AWS config chain)."""
+
+    s3_endpoint: str | None = Field(
+        None,
+        description="S3-compatible endpoint URL (MinIO, Ceph, moto); None: AWS_ENDPOINT_URL_S3 / "
+        "AWS_ENDPOINT_URL, else AWS",
+    )
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        v = _no_credentials(v, "storage.s3_endpoint")
+        try:
+            return check_s3_endpoint(v)
+        except ValueError as exc:
+            raise _config_error(str(exc)) from None
 
 
 class DatasetSection(_Section):
@@ -366,6 +414,7 @@ class Config(_Section):
 
     run: RunSection = Field(default_factory=RunSection)
     ray: RaySection = Field(default_factory=RaySection)
+    storage: StorageSection = Field(default_factory=StorageSection)
     dataset: DatasetSection = Field(default_factory=DatasetSection)
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)

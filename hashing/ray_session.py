@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+
+from hashing import storage
+
+# Set by ``ray job submit`` in the driver's environment: the job's own runtime_env (and metadata).
+_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def init_ray(address: str | None, num_cpus: int | None) -> bool:
@@ -13,6 +19,8 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
     test, a notebook) is used as it is. Without an address a new local instance with ``num_cpus``
     logical CPUs (None: all cores) is started even when a ``ray start`` head runs on this machine
     (``address="local"``), so a plain run never attaches to someone else's cluster by accident.
+    A local instance's workers inherit this process's environment; the workers of a cluster get the
+    S3 endpoint variables through the job's ``runtime_env`` (``worker_env_vars``).
     """
     import ray
 
@@ -20,7 +28,33 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        env = worker_env_vars()
+        ray.init(address=address, logging_level=logging.WARNING,
+                 runtime_env={"env_vars": env} if env else None)
     else:
         ray.init(address="local", num_cpus=num_cpus, logging_level=logging.WARNING)
     return True
+
+
+def worker_env_vars() -> dict[str, str]:
+    """Environment variables for the job's ``runtime_env`` on a Ray cluster this process connects to.
+
+    The S3 endpoint variables set in this process (``hashing.storage.ENDPOINT_ENV``, e.g. exported from
+    ``storage.s3_endpoint`` by ``storage.use_s3_endpoint``), so that workers reach the same store as
+    the driver. Never credentials: workers take those from the cluster's own environment / AWS config
+    chain. Variables the submitted job's runtime_env already sets (``ray job submit --runtime-env-json``)
+    are left to it, since Ray refuses to merge the same variable twice; a different value there than
+    here is an error (the driver and its workers would use different stores).
+    """
+    env = storage.endpoint_env()
+    job_config = json.loads(os.environ.get(_JOB_CONFIG_ENV) or "{}")
+    job_env = (job_config.get("runtime_env") or {}).get("env_vars") or {}
+    for name in [n for n in env if n in job_env]:
+        if job_env[name] != env[name]:
+            raise ValueError(
+                f"{name} differs between this driver (storage.s3_endpoint or its environment) and the "
+                "submitted job's runtime_env; Ray workers would use another S3 endpoint than the driver: "
+                "set it in one place"
+            )
+        del env[name]
+    return env

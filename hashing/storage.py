@@ -2,7 +2,8 @@
 
 A URI is either a local path (``/data/ds``, ``runs/ds`` or ``file:///data/ds``) or ``s3://bucket/key``.
 
-S3 settings come from the environment only, never from configs:
+S3 settings come from the environment (a job's ``storage.s3_endpoint`` config key is exported there
+first, by ``use_s3_endpoint``):
 
 - endpoint: the ``endpoint`` argument, else ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL`` (for
   S3-compatible stores such as MinIO or moto; ``http://`` endpoints get ``scheme="http"``);
@@ -86,6 +87,32 @@ class S3Settings:
                 scheme, host = "https", self.endpoint
             kwargs.update(endpoint_override=host.rstrip("/"), scheme=scheme)
         return kwargs
+
+
+# The S3 endpoint variables (never credentials): what other processes need to reach the same store.
+ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
+
+
+def use_s3_endpoint(endpoint: str | None) -> None:
+    """Make ``endpoint`` (a job's ``storage.s3_endpoint``) the S3 endpoint of this process and of every
+    process it starts afterwards; None changes nothing (the environment decides, else AWS).
+
+    The config wins over the environment: ``AWS_ENDPOINT_URL_S3`` is set in ``os.environ`` (it comes
+    before ``AWS_ENDPOINT_URL`` for ``s3_settings`` and boto3 alike), so this module, boto3, child
+    processes and the workers of a local Ray instance started later all use it. ``MLFLOW_S3_ENDPOINT_URL``
+    (MLflow's S3 artifact store) is set too unless it is already set. Workers of a Ray cluster this
+    process connects to get these variables through ``hashing.ray_session.init_ray``. Call it once,
+    right after the config is parsed, before any S3 access and before Ray starts.
+    """
+    if not endpoint:
+        return
+    os.environ["AWS_ENDPOINT_URL_S3"] = endpoint
+    os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint)
+
+
+def endpoint_env() -> dict[str, str]:
+    """The S3 endpoint variables (``ENDPOINT_ENV``) set in this process; never credentials."""
+    return {name: os.environ[name] for name in ENDPOINT_ENV if os.environ.get(name)}
 
 
 def s3_settings(endpoint: str | None = None) -> S3Settings:

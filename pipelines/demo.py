@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     args.config = args.config or str(DEFAULT_CONFIG)
     config = config_from_args(parser, args)
+    storage.use_s3_endpoint(config.storage.s3_endpoint)
     if config.dataset.builtin is None:
         parser.error("the demo runs on the built-in dataset: dataset.builtin must name a preset")
     common = ["--config", args.config, *args.overrides]
@@ -46,9 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         ("search", ["search.py", *common, "--key", SAMPLE_QUERY_KEY]),
     ]
     if not storage.exists(storage.join(config.dataset.uri, "dataset.json")):
+        endpoint = ["--s3-endpoint", config.storage.s3_endpoint] if config.storage.s3_endpoint else []
         steps.insert(0, ("ingest", ["ingest.py", "--output", config.dataset.uri, "--source", "builtin",
                                     "--preset", config.dataset.builtin, "--seed", str(config.dataset.seed),
-                                    "--shard-size", str(config.dataset.shard_size)]))
+                                    "--shard-size", str(config.dataset.shard_size), *endpoint]))
     for name, step in steps:
         code = run_step(name, step)
         if code != 0:

@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     args = parser.parse_intermixed_args(argv)  # flags may come after key=value overrides
     config = config_from_args(parser, args)
+    storage.use_s3_endpoint(config.storage.s3_endpoint)
     try:
         result = run_encode(config, nightly=args.nightly, force=args.force or config.encode.force,
                             progress=args.progress)

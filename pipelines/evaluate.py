@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = config_parser("Evaluate a registered model version from its code shards (query vs database).")
     config = config_from_args(parser, parser.parse_intermixed_args(argv))
+    storage.use_s3_endpoint(config.storage.s3_endpoint)
     try:
         result = run_evaluate(config)
     except (FileNotFoundError, LookupError, ValueError) as exc:

@@ -39,6 +39,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from hashing import storage
+from hashing.config import check_s3_endpoint
 from hashing.data.quarantine import BadInputError, BadKind, BadSample, Quarantine, TooManyBadSamplesError
 from hashing.data.schema import QUARANTINE_NAME, SPLITS, DatasetManifest, image_extension, manifest_uri
 from hashing.data.shards import DEFAULT_SHARD_SIZE, DatasetWriter, Record
@@ -67,6 +68,7 @@ class IngestArgs:
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
     overwrite: bool = False
     progress: bool = True
+    s3_endpoint: str | None = None
 
 
 def parse_args(argv: list[str] | None = None) -> IngestArgs:
@@ -87,6 +89,8 @@ def parse_args(argv: list[str] | None = None) -> IngestArgs:
                    help="fail when a larger fraction of the records is bad")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already at --output")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint (the storage.s3_endpoint "
+                   "of the other jobs); default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS")
     a = p.parse_args(argv)
     if a.source == "folder" and not a.labels:
         p.error("--source folder needs --labels FILE")
@@ -94,6 +98,10 @@ def parse_args(argv: list[str] | None = None) -> IngestArgs:
         p.error(f"--shard-size must be >= 1, got {a.shard_size}")
     if not 0.0 <= a.max_bad_fraction <= 1.0:
         p.error(f"--max-bad-fraction must be in [0, 1], got {a.max_bad_fraction}")
+    try:
+        check_s3_endpoint(a.s3_endpoint, "--s3-endpoint")
+    except ValueError as exc:
+        p.error(str(exc))
     return IngestArgs(**vars(a))
 
 
@@ -310,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 on success, 2 on bad input / configuration (message logged, no traceback)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    storage.use_s3_endpoint(args.s3_endpoint)
     try:
         result = run(args)
     except (BadInputError, TooManyBadSamplesError, FileExistsError, FileNotFoundError, ValueError) as exc:

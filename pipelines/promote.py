@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from hashing import registry, tracking
+from hashing import registry, storage, tracking
 from hashing.config import Config, config_from_args, config_parser
 from hashing.data.schema import load_manifest
 from hashing.registry import VersionEvaluation
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="decide and print, move and record nothing")
     args = parser.parse_intermixed_args(argv)
     config = config_from_args(parser, args)
+    storage.use_s3_endpoint(config.storage.s3_endpoint)
     try:
         decision = run_promote(config, dry_run=args.dry_run or config.promote.dry_run)
     except (FileNotFoundError, LookupError, ValueError) as exc:

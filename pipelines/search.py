@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=SPLITS, default="database", help="the split searched")
     args = parser.parse_intermixed_args(argv)
     config = config_from_args(parser, args)
+    storage.use_s3_endpoint(config.storage.s3_endpoint)
     try:
         result = run_search(config, key=args.key, image=args.image, text=args.text, split=args.split)
     except (FileNotFoundError, LookupError, ValueError) as exc:

@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 on success, 2 on bad input (message logged, no traceback)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = parse_train_cli(argv)
+    storage.use_s3_endpoint(config.storage.s3_endpoint)
     try:
         manifest = load_manifest(config.dataset.uri)
     except (FileNotFoundError, ValueError) as exc:

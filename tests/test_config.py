@@ -273,12 +273,36 @@ def test_own_data_needs_a_uri():
 
 @pytest.mark.parametrize(
     "override",
-    ["tracking.uri=https://me:hunter2@mlflow.example.com", "dataset.uri=s3://AKIA:secret@bucket/x"],
+    [
+        "tracking.uri=https://me:hunter2@mlflow.example.com",
+        "dataset.uri=s3://AKIA:secret@bucket/x",
+        "storage.s3_endpoint=http://AKIA:secret@minio:9000",
+        "storage.s3_endpoint=https://hunter2@minio:9000",
+    ],
 )
 def test_credentials_in_uris_are_rejected(override):
     with pytest.raises(ConfigError, match="contains credentials") as info:
         load_config(None, [override])
     assert "hunter2" not in str(info.value) and "secret@" not in str(info.value)
+    assert override.partition("=")[0] + ": " in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "value", ["minio:9000", "s3://minio:9000", "ftp://minio", "http://minio:9000/bucket", "http://:9000",
+              "http://minio:99999", "http://minio?region=x"]
+)
+def test_s3_endpoint_must_be_an_http_url(value):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"storage.s3_endpoint={value}"])
+    expected = ("storage.s3_endpoint: expected the http:// or https:// URL of an S3-compatible endpoint "
+                f"without a path, like http://127.0.0.1:9000, got {value!r}")
+    assert info.value.errors == [expected]
+
+
+def test_s3_endpoint_defaults_to_the_environment():
+    assert load_config(None).storage.s3_endpoint is None
+    for url in ("http://127.0.0.1:9000", "https://s3.example.org/", "http://[::1]:9000"):
+        assert load_config(None, [f"storage.s3_endpoint={url}"]).storage.s3_endpoint == url
 
 
 def test_paths_are_absolute_and_derived_from_run_root(tmp_path, monkeypatch):

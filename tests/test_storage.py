@@ -13,6 +13,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from hashing import storage
+from hashing.config import load_config
 
 
 @pytest.fixture
@@ -175,3 +176,49 @@ def test_s3_transient_upload_failure_is_retried(s3_bucket: str, tmp_path, monkey
     storage.put_file(str(src), uri)
     assert state["failed"] == 1
     assert storage.read_bytes(uri) == src.read_bytes()
+
+
+@pytest.fixture
+def no_endpoint_env(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``s3_bucket`` with no endpoint variable left in the environment (credentials stay); returns the bucket.
+
+    Each variable is set before it is deleted so that monkeypatch also undoes what ``use_s3_endpoint`` sets.
+    """
+    for var in storage.ENDPOINT_ENV:
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # a request that goes astray fails fast
+    return s3_bucket
+
+
+def test_config_s3_endpoint_reaches_the_store(no_endpoint_env: str, s3_endpoint: str, fast_retries) -> None:
+    uri = storage.join(no_endpoint_env, "cfg/obj.bin")
+    storage.use_s3_endpoint(load_config(None).storage.s3_endpoint)  # no storage.s3_endpoint: AWS, not moto
+    assert storage.s3_settings().endpoint is None
+    assert "amazonaws.com" in storage._s3_client().meta.endpoint_url
+    assert "endpoint_override" not in storage.s3_settings().pyarrow_kwargs()
+
+    config = load_config(None, [f"storage.s3_endpoint={s3_endpoint}"])
+    storage.use_s3_endpoint(config.storage.s3_endpoint)
+    storage.write_bytes(uri, b"payload")
+    assert storage.read_bytes(uri) == b"payload"
+    assert storage.list_files(storage.join(no_endpoint_env, "cfg")) == [uri]
+    moto = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    assert moto.get_object(Bucket=no_endpoint_env.removeprefix("s3://"), Key="cfg/obj.bin")["Body"].read() == b"payload"
+    assert os.environ["AWS_ENDPOINT_URL_S3"] == os.environ["MLFLOW_S3_ENDPOINT_URL"] == s3_endpoint
+
+
+def test_config_s3_endpoint_wins_over_the_environment(no_endpoint_env: str, s3_endpoint: str, fast_retries,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "http://artifacts.example.org:9000")
+    uri = storage.join(no_endpoint_env, "obj")
+    with pytest.raises(botocore.exceptions.EndpointConnectionError):
+        storage.write_bytes(uri, b"x")
+    storage.use_s3_endpoint(s3_endpoint)
+    storage.write_bytes(uri, b"x")
+    assert storage.read_bytes(uri) == b"x"
+    assert os.environ["MLFLOW_S3_ENDPOINT_URL"] == "http://artifacts.example.org:9000"  # set by the user: kept

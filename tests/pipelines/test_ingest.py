@@ -127,6 +127,23 @@ def test_builtin_to_s3_matches_local(tiny_dataset: str, s3_bucket: str) -> None:
     assert [s["key"] for s in iter_split(root, "query")] == [s["key"] for s in iter_split(tiny_dataset, "query")]
 
 
+def test_s3_endpoint_flag_without_endpoint_variables(tiny_dataset: str, s3_bucket: str, s3_endpoint: str,
+                                                    monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    for var in storage.ENDPOINT_ENV:  # set first so that monkeypatch undoes what the job sets
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    assert storage.s3_settings().endpoint is None  # without the flag: AWS, not moto
+    root = storage.join(s3_bucket, "datasets/tiny")
+    args = ["--output", root, "--preset", "tiny", "--shard-size", "32", "--no-progress"]
+    assert ingest.main([*args, "--s3-endpoint", s3_endpoint]) == 0
+    assert load_manifest(root) == load_manifest(tiny_dataset)
+    assert [s["key"] for s in iter_split(root, "query")] == [s["key"] for s in iter_split(tiny_dataset, "query")]
+    with pytest.raises(SystemExit):
+        ingest.parse_args([*args, "--s3-endpoint", "minio:9000"])
+    assert "--s3-endpoint: expected the http:// or https:// URL" in capsys.readouterr().err
+
+
 def test_builtin_fingerprint_depends_on_seed(tmp_path: Path) -> None:
     def fingerprint(seed: int, out: str) -> str:
         args = ingest.parse_args(["--output", str(tmp_path / out), "--seed", str(seed), "--no-progress"])

@@ -1,0 +1,71 @@
+"""hashing.ray_session: what a job passes to the Ray cluster it connects to (no cluster is started)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import ray
+from ray.runtime_env.runtime_env import _merge_runtime_env
+
+from hashing import ray_session, storage
+
+ENDPOINT = "http://minio.storage.svc:9000"
+SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+@pytest.fixture
+def driver_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials in the environment, no endpoint variable and no submitted job (all restored after)."""
+    for var in (*storage.ENDPOINT_ENV, "RAY_ADDRESS", ray_session._JOB_CONFIG_ENV):
+        monkeypatch.setenv(var, "")  # recorded first, so monkeypatch also undoes what the test sets
+        monkeypatch.delenv(var)
+    for var in SECRETS:
+        monkeypatch.setenv(var, f"secret-{var}")
+
+
+@pytest.fixture
+def ray_init_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """The keyword arguments of every ``ray.init`` call; Ray is never started."""
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    return calls
+
+
+def test_worker_env_vars_carry_the_endpoint_never_credentials(driver_env) -> None:
+    assert ray_session.worker_env_vars() == {}
+    storage.use_s3_endpoint(ENDPOINT)  # as every job does with storage.s3_endpoint
+    env = ray_session.worker_env_vars()
+    assert env == {"AWS_ENDPOINT_URL_S3": ENDPOINT, "MLFLOW_S3_ENDPOINT_URL": ENDPOINT}
+    assert not set(env) & set(SECRETS) and not any(v.startswith("secret-") for v in env.values())
+
+
+def test_init_ray_passes_them_to_a_cluster_only(driver_env, ray_init_calls, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", ENDPOINT)  # from the environment this time
+    assert ray_session.init_ray("ray://head:10001", None)
+    assert ray_init_calls[-1]["runtime_env"] == {"env_vars": {"AWS_ENDPOINT_URL": ENDPOINT}}
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    ray_session.init_ray(None, None)
+    assert ray_init_calls[-1]["address"] == "10.0.0.1:6379"
+    assert ray_init_calls[-1]["runtime_env"] == {"env_vars": {"AWS_ENDPOINT_URL": ENDPOINT}}
+    monkeypatch.delenv("RAY_ADDRESS")
+    ray_session.init_ray(None, 2)  # a new local instance: its workers inherit this environment
+    assert ray_init_calls[-1]["address"] == "local" and "runtime_env" not in ray_init_calls[-1]
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    ray_session.init_ray("ray://head:10001", None)
+    assert ray_init_calls[-1]["runtime_env"] is None  # nothing to pass: AWS S3
+
+
+def test_submitted_jobs_runtime_env_still_merges(driver_env, monkeypatch) -> None:
+    job = {"runtime_env": {"working_dir": ".", "env_vars": {"AWS_ENDPOINT_URL_S3": ENDPOINT, "X": "1"}}}
+    monkeypatch.setenv(ray_session._JOB_CONFIG_ENV, json.dumps(job))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", ENDPOINT)  # the job's env_vars are in the driver's environment
+    storage.use_s3_endpoint(ENDPOINT)
+    env = ray_session.worker_env_vars()
+    assert env == {"MLFLOW_S3_ENDPOINT_URL": ENDPOINT}
+    merged = _merge_runtime_env(job["runtime_env"], {"env_vars": env})  # what ray.init does; None: conflict
+    assert merged is not None and merged["env_vars"]["AWS_ENDPOINT_URL_S3"] == ENDPOINT
+    storage.use_s3_endpoint("http://other:9000")
+    with pytest.raises(ValueError, match="AWS_ENDPOINT_URL_S3 differs"):
+        ray_session.worker_env_vars()

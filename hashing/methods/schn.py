@@ -113,8 +113,10 @@ class SCHN(HashingMethod):
 
     (BCE over a list = mean over the concatenated 2b outputs, as the reference.)
     The adversarial terms use the discriminators with detached parameters, so this phase gives
-    them no gradient; only the latent space and the cycle module learn from them (their inputs
-    are detached). "discriminator" phase: BCE([D_img(U_img), D_lab(U_lab)], 1) (real) +
+    them no gradient; only the latent space's attention and graph layers and the cycle module learn
+    from them (their inputs are detached; ``latent_hash`` does not). The reconstruction term's targets
+    U_img/U_lab are not detached (as the reference's ``CycleLoss``), so it also trains the image and
+    label networks. "discriminator" phase: BCE([D_img(U_img), D_lab(U_lab)], 1) (real) +
     BCE([D_img(Û_img), D_lab(Û_lab)], 0) (cycled), all inputs detached: only the discriminators learn.
 
     Codes B_b [recon]: the reference keeps a dataset-wide B and after each outer iteration updates it

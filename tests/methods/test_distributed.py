@@ -3,6 +3,12 @@
 Each worker holds half of a global batch; pairwise losses gather the other half
 (``hashing.methods.distributed``) and DDP averages the gradients. The average of the workers'
 losses and the DDP-averaged gradients must equal a plain single-process step on all rows.
+
+SCHN and UDMSH need more than one batch's rows per term: SCHN solves its code matrix B by DCC and
+runs its latent space and cycle module over the gathered global batch; UDMSH builds its similarity
+matrix from the gathered features (global and spatial). Both are checked like the pairwise methods,
+SCHN in each of its phases and with dropout 0: its docstring's equality holds "up to dropout
+masks" (each worker draws its own mask for U_lat, which then changes B).
 """
 
 from __future__ import annotations
@@ -22,28 +28,52 @@ from hashing.models.backbone import Backbone, Features
 
 WORLD = 2
 GLOBAL_BATCH = 12
-METHODS = ("idhn", "dpsh", "dsmhn")
+# (method, phase): every phase of every method whose loss spans the global batch.
+CASES = (
+    ("idhn", "main"),
+    ("dpsh", "main"),
+    ("dsmhn", "main"),
+    ("schn", "main"),
+    ("schn", "discriminator"),
+    ("udmsh", "main"),
+)
+METHOD_KWARGS = {"dsmhn": {"text_hidden": 32}, "schn": {"dropout": 0.0}}
 
 
 class MLPBackbone(Backbone):
-    """A backbone with parameters but no BatchNorm (whose per-worker statistics would differ by design)."""
+    """A backbone with parameters but no BatchNorm (whose per-worker statistics would differ by design).
+
+    ``spatial`` is the input itself (the earliest "stage"; parameter-free, so methods that read only
+    ``global_`` leave no parameter unused), distinct from ``global_`` so UDMSH's combined distance
+    really mixes two feature sets.
+    """
 
     feature_dim = 16
-    spatial_dim = 16
+    spatial_dim = 10
 
     def __init__(self) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(10, 16), nn.ReLU())
 
     def forward(self, images: torch.Tensor) -> Features:
-        h = self.net(images)
-        return Features(h, h)
+        return Features(self.net(images), images)
 
 
 def make_method(name: str) -> HashingMethod:
     torch.manual_seed(0)
-    kwargs = {"text_hidden": 32} if name == "dsmhn" else {}
-    return build_method(name, backbone=MLPBackbone(), bits=8, num_classes=5, tag_vocab_size=7, **kwargs)
+    method = build_method(
+        name, backbone=MLPBackbone(), bits=8, num_classes=5, tag_vocab_size=7, **METHOD_KWARGS.get(name, {})
+    )
+    if name == "schn":
+        # At PyTorch's default init SCHN's attentions are nearly uniform over the batch and its
+        # deep MLPs shrink what differs, so U_lat and the cycled codes are the same for every row
+        # (std over rows ~1e-6) and a worker using the wrong rows would go unnoticed. Doubling the
+        # weight matrices makes the rows distinct (std ~1e-2) without saturating the tanh outputs.
+        with torch.no_grad():
+            for param_name, param in method.named_parameters():
+                if param.ndim == 2 and not param_name.startswith("discriminators."):
+                    param.mul_(2)
+    return method
 
 
 def global_batch() -> Batch:
@@ -63,17 +93,18 @@ def worker(rank: int, port: int, out_dir: str) -> None:
     try:
         rows = slice(rank * GLOBAL_BATCH // WORLD, (rank + 1) * GLOBAL_BATCH // WORLD)
         local = {key: value[rows] for key, value in global_batch().items()}
-        for name in METHODS:
+        for name, phase in CASES:
             method = make_method(name)
-            model = DistributedDataParallel(method)
-            loss = model(local, phase="main")["loss"]
+            # As the Ray Train worker: phases that train different parameters leave some unused.
+            model = DistributedDataParallel(method, find_unused_parameters=len(method.phases) > 1)
+            loss = model(local, phase=phase)["loss"]
             loss.backward()
             mean_loss = loss.detach().clone()
             dist.all_reduce(mean_loss)
             mean_loss /= WORLD
             if rank == 0:
                 grads = {n: p.grad for n, p in method.named_parameters()}
-                torch.save({"loss": mean_loss, "grads": grads}, Path(out_dir) / f"{name}.pt")
+                torch.save({"loss": mean_loss, "grads": grads}, Path(out_dir) / f"{name}-{phase}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -88,16 +119,26 @@ def test_ddp_two_workers_match_single_process_on_global_batch(tmp_path):
     torch.set_num_threads(1)
     mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     batch = global_batch()
-    for name in METHODS:
+    for name, phase in CASES:
+        case = f"{name}/{phase}"
         method = make_method(name)
-        loss = method(batch)["loss"]
-        loss.backward()
-        got = torch.load(tmp_path / f"{name}.pt", weights_only=True)
-        torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-5, atol=1e-6, msg=f"{name} loss")
+        out = method(batch, phase=phase)
+        if name == "udmsh":  # the similarity has both confident and graded pairs, so the weights matter
+            assert 0 < float(out["confident"]) < 1, float(out["confident"])
+        out["loss"].backward()
+        got = torch.load(tmp_path / f"{name}-{phase}.pt", weights_only=True)
+        torch.testing.assert_close(
+            got["loss"], out["loss"].detach(), rtol=1e-5, atol=1e-6, msg=f"{case} loss"
+        )
+        trained = {id(p) for p in method.phase_parameters(phase)}
         for param_name, param in method.named_parameters():
+            if id(param) not in trained:  # another phase's parameter: no gradient in either run
+                assert param.grad is None, f"{case}: {param_name} has a gradient"
+                assert got["grads"][param_name] is None, f"{case}: DDP gave {param_name} a gradient"
+                continue
             assert param.grad is not None and param.grad.abs().sum() > 0, (
-                f"{name}.{param_name} has no gradient"
+                f"{case}: {param_name} has no gradient"
             )
             torch.testing.assert_close(
-                got["grads"][param_name], param.grad, rtol=1e-4, atol=1e-6, msg=f"{name} grad {param_name}"
+                got["grads"][param_name], param.grad, rtol=1e-4, atol=1e-6, msg=f"{case} grad {param_name}"
             )

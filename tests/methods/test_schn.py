@@ -1,10 +1,12 @@
-"""SCHN: DCC code solver, soft similarity, phase separation (main vs discriminator), overfit on real digits."""
+"""SCHN: DCC code solver, soft similarity, phase separation (main vs discriminator), cycle and
+adversarial gradient routing, overfit on real digits."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as nnf
 from sklearn.datasets import load_digits
 
 from hashing.methods import build_method
@@ -176,3 +178,64 @@ def test_overfit_small_batch_and_codes_follow_labels():
     same = (batch["labels"] @ batch["labels"].T).numpy() > 0
     off_diag = ~np.eye(len(same), dtype=bool)
     assert dist[same & off_diag].mean() < dist[~same].mean() - 3
+
+
+# Parameter groups of SCHN by module name (the first component of ``named_parameters``).
+IMAGE_NET = {"backbone", "image_hash"}
+LABEL_NET = {"label_net", "label_hash"}
+LATENT_TRUNK = {"latent_attention", "graph_weight", "graph_bias"}  # H, which the cycle module reads
+CYCLE = {"image_rec_attention", "label_rec_attention", "image_rec", "label_rec"}
+ALL_MODULES = IMAGE_NET | LABEL_NET | LATENT_TRUNK | CYCLE | {"latent_hash", "discriminators"}
+
+
+def reached_modules(method: SCHN, term: torch.Tensor) -> set[str]:
+    """Modules with at least one parameter that ``term`` depends on (autograd graph, not values)."""
+    names, params = zip(*method.named_parameters(), strict=True)
+    grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+    reached = {name.split(".")[0] for name, g in zip(names, grads, strict=True) if g is not None}
+    assert all(torch.isfinite(g).all() for g in grads if g is not None)
+    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+    return reached
+
+
+def test_cycle_and_adversarial_terms_reach_only_the_cycle_module_and_latent_space():
+    # The issue "discriminator and cycle steps update only their own parameters", for the cycle
+    # module, which trains inside the main phase: it reads F_img, F_lab detached, so its outputs
+    # (and the adversarial term, through discriminators with detached weights) train only the
+    # cycle module and the latent trunk H it attends over; the reconstruction terms also pull
+    # U_img, U_lab towards the cycled codes (the reference's CycleLoss does not detach them).
+    torch.manual_seed(0)
+    method = SCHN(SmallCNN(), bits=16, num_classes=4, dropout=0.0)
+    assert {name.split(".")[0] for name, _ in method.named_parameters()} == ALL_MODULES
+    batch = digits_batch(12)
+    sp = method._spaces(batch)
+    fake = method._discriminate(sp["rec_img"], sp["rec_lab"], train=False)
+    adversarial = nnf.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+    recon = ((sp["rec_img"] - sp["u_img"]) ** 2).mean() + ((sp["rec_lab"] - sp["u_lab"]) ** 2).mean()
+
+    assert reached_modules(method, sp["rec_img"].sum() + sp["rec_lab"].sum()) == CYCLE | LATENT_TRUNK
+    assert reached_modules(method, adversarial) == CYCLE | LATENT_TRUNK
+    assert reached_modules(method, recon) == CYCLE | LATENT_TRUNK | IMAGE_NET | LABEL_NET
+
+    # Forward's main loss is these two terms plus the code losses (B by DCC, a constant), with the
+    # same gradient on every parameter: so its cycle and adversarial parts route as above, the
+    # code losses do not reach the cycle module, and the discriminators get nothing.
+    k, labels = method.bits, batch["labels"]
+    u_img, u_lab, u_lat = sp["u_img"], sp["u_lab"], sp["u_lat"]
+    q = k * soft_similarity(labels).T @ u_img + 10 * u_img + 2 * u_lab + 0.1 * u_lat
+    b = dcc_codes(q.detach(), u_img.detach(), sweeps=3)
+    s = label_graph(labels, labels)
+    code = sum(
+        12 / k * ((k * s - u @ b.T) ** 2).mean() + 10 * ((u - b) ** 2).mean() for u in (u_img, u_lab, u_lat)
+    )
+    names, params = zip(*method.named_parameters(), strict=True)
+    want = torch.autograd.grad(code + recon + adversarial, params, allow_unused=True)
+    out = method(batch, phase="main")
+    got = torch.autograd.grad(out["loss"], params, allow_unused=True)
+    assert float(out["recon"]) == pytest.approx(float(recon.detach()), rel=1e-5)
+    assert float(out["adversarial"]) == pytest.approx(float(adversarial.detach()), rel=1e-5)
+    for name, g, w in zip(names, got, want, strict=True):
+        if name.startswith("discriminators."):
+            assert g is None and w is None, name
+        else:
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6, msg=name)

@@ -162,6 +162,30 @@ def test_forward_equals_independent_loss():
     assert float(out["loss"].detach()) == pytest.approx(pairwise + 0.1 * quantization, rel=1e-4)
 
 
+def test_gradients_equal_plain_global_batch_loss():
+    """The ``2 m - m.detach()`` pair term has the gradient of the pair mean with both sides of
+    u_i^T u_j differentiated (the DDP test compares workers with this single-process gradient)."""
+    torch.manual_seed(0)
+    k, d_glob, d_sp = 8, 8, 4
+    method = UDMSH(CachedFeatures(d_glob, d_sp), bits=k, num_classes=0)
+    feats = torch.randn(10, d_glob + d_sp, requires_grad=True)
+    method({"image": feats})["loss"].backward()
+    got = [feats.grad.clone()] + [p.grad.clone() for p in method.parameters()]
+    feats.grad = None
+    method.zero_grad()
+
+    g, sp = feats[:, :d_glob], feats[:, d_glob:]
+    s = ssdh_similarity(combined_distance(g.detach(), sp.detach()))
+    w = torch.where(s.abs() == 1, 1.0, 0.1)
+    u = k**0.5 * torch.nn.functional.normalize(method.hash_layer(g), dim=1)
+    plain = (w * (u @ u.T / k - s) ** 2).mean() + 0.1 * ((u - torch.where(u >= 0, 1.0, -1.0)) ** 2).mean()
+    plain.backward()
+    want = [feats.grad] + [p.grad for p in method.parameters()]
+    assert 0 < float((s.abs() == 1).float().mean()) < 1  # confident and graded pairs both present
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_gradients_reach_hash_layer_and_backbone():
     torch.manual_seed(0)
     method = UDMSH(SmallCNN(), bits=16, num_classes=0)

@@ -13,6 +13,7 @@ masks" (each worker draws its own mask for U_lat, which then changes B).
 
 from __future__ import annotations
 
+import gc
 import socket
 from pathlib import Path
 
@@ -105,6 +106,12 @@ def worker(rank: int, port: int, out_dir: str) -> None:
             if rank == 0:
                 grads = {n: p.grad for n, p in method.named_parameters()}
                 torch.save({"loss": mean_loss, "grads": grads}, Path(out_dir) / f"{name}-{phase}.pt")
+            # Free the DDP reducer (it holds gloo work objects) before the next case and before
+            # the group goes: gloo work outliving its group can abort the process at exit
+            # ("terminate called without an active exception", seen once in CI).
+            del model, loss
+            gc.collect()
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 

@@ -48,7 +48,7 @@ from hashing import storage, tracking
 from hashing.code_shards import load_split
 from hashing.codes import pack_signs
 from hashing.config import Config, ConfigError
-from hashing.data.read import _decode_shard
+from hashing.data.read import decode_shard
 from hashing.data.schema import DatasetManifest
 from hashing.encoding import Encoder, ShardEncoder, ShardRef
 from hashing.train_worker import build_training_method
@@ -92,8 +92,8 @@ def plain_loop(encoder: Encoder, refs: list[ShardRef], classes: int) -> dict[str
     for ref in refs:
         t0 = time.perf_counter()
         data = storage.read_bytes(ref.uri)
-        samples = [item for item in _decode_shard(io.BytesIO(data), ref.uri, ref.info, classes, encoder.preprocess,
-                                                  vocab=None) if isinstance(item, dict)]
+        samples = [item for item in decode_shard(io.BytesIO(data), ref.uri, ref.info, classes, encoder.preprocess,
+                                                 vocab=None) if isinstance(item, dict)]
         t1 = time.perf_counter()
         with torch.inference_mode():
             for i in range(0, len(samples), batch_size):

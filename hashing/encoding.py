@@ -23,7 +23,7 @@ import torch
 from hashing.code_shards import PartMeta, part_bytes
 from hashing.codes import pack_signs
 from hashing.data.quarantine import BadKind, BadSample
-from hashing.data.read import _decode_shard
+from hashing.data.read import decode_shard
 from hashing.data.schema import ShardInfo
 from hashing.data.transforms import Preprocess
 from hashing.methods.base import HashingMethod
@@ -165,8 +165,8 @@ class ShardEncoder:
         labels: list[list[int]] = []
         codes: list[np.ndarray] = []
         pending: list[np.ndarray] = []
-        for item in _decode_shard(io.BytesIO(data), ref.uri, ref.info, self.num_classes, self.encoder.preprocess,
-                                  vocab=None):
+        for item in decode_shard(io.BytesIO(data), ref.uri, ref.info, self.num_classes, self.encoder.preprocess,
+                                 vocab=None):
             if isinstance(item, BadSample):
                 bad.append(item)
                 continue

@@ -160,9 +160,19 @@ class _HashingReader:
             pass
 
 
-def _decode_shard(stream: BinaryIO, shard: str, info: ShardInfo, classes: int, preprocess: Preprocess | None,
-                  vocab: TagVocabulary | None) -> Iterator[dict | BadSample]:
-    """Decoded samples and bad records of one shard, then a record if its bytes differ from ``info``."""
+def decode_shard(stream: BinaryIO, shard: str, info: ShardInfo, classes: int, preprocess: Preprocess | None,
+                 vocab: TagVocabulary | None) -> Iterator[dict | BadSample]:
+    """Decode one whole shard file: each good sample as ``decode_sample``'s dict, each bad one as a
+    ``BadSample``, then a ``BadSample`` if the bytes read differ from ``info`` (size or sha256).
+
+    Args:
+        stream: the shard file's bytes (read to the end, so the checksum covers all of it).
+        shard: the shard's URI, for messages and bad-sample records.
+        info: the shard's ``dataset.json`` entry.
+        classes: c, for label validation.
+        preprocess: images -> float32[3, S, S] (None: keep uint8[H, W, 3]).
+        vocab: tag vocabulary for the text modality (None: no tag vectors).
+    """
     reader = _HashingReader(stream)
     seen: set[str] = set()
     for raw in iter_shard(reader, shard):
@@ -204,7 +214,7 @@ def iter_split(root: str, split: str, preprocess: Preprocess | None = None, *,
     for shard in info.shards:
         uri = storage.join(root, shard.path)
         with storage.open_input(uri) as stream:
-            for out in _decode_shard(stream, uri, shard, len(manifest.classes), preprocess, vocab):
+            for out in decode_shard(stream, uri, shard, len(manifest.classes), preprocess, vocab):
                 if isinstance(out, BadSample):
                     quarantine.add(out)
                 elif out["key"] in seen:
@@ -281,7 +291,7 @@ def _decode_shard_batch(batch: dict[str, np.ndarray], shards: dict[str, tuple[st
     for data, path in zip(batch["bytes"], batch["path"], strict=True):
         uri, info = shards[_normalise(path)]
         good, bad = 0, []
-        for out in _decode_shard(io.BytesIO(data), uri, info, classes, preprocess, vocab):
+        for out in decode_shard(io.BytesIO(data), uri, info, classes, preprocess, vocab):
             if isinstance(out, BadSample):
                 if strict:
                     raise BadInputError(out)

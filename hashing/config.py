@@ -69,8 +69,13 @@ def _absolute(path: str | None) -> str | None:
     return os.path.abspath(os.path.expanduser(path))
 
 
+def has_credentials(uri: str) -> bool:
+    """True for URIs with ``user:password@`` in them (``s3://KEY:SECRET@bucket/x``)."""
+    return bool(_CREDENTIALS_IN_URI.match(uri))
+
+
 def _no_credentials(uri: str | None, key: str) -> str | None:
-    if uri is not None and _CREDENTIALS_IN_URI.match(uri):
+    if uri is not None and has_credentials(uri):
         raise _config_error(
             f"{key}: the URI contains credentials (user:password@); give them through the environment "
             "(AWS_* variables, MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN), never in a config"
@@ -216,6 +221,11 @@ class ModelSection(_Section):
     backbone: Literal["small_cnn", "efficientnet_lite0", "mobilenet_v2"] = "efficientnet_lite0"
     pretrained: bool | None = Field(None, description="ImageNet weights; None: where the backbone has them")
     bits: int = Field(48, ge=8, le=1024, multiple_of=8, description="code length K")
+    spatial_grid: int = Field(
+        2, ge=1, le=8,
+        description="Features.spatial = the earlier stage's map average-pooled to a GxG grid (layout kept; "
+        "1: one global mean); only UDMSH reads it",
+    )
 
     @model_validator(mode="after")
     def _weights(self) -> ModelSection:
@@ -314,6 +324,12 @@ class TrainSection(_Section):
     lr_step_every: int | None = Field(
         None, gt=0, description="multiply lr by lr_gamma every N steps; None: constant"
     )
+    lr_decays: int | None = Field(
+        None, gt=0,
+        description="multiply lr by lr_gamma this many times, evenly spaced over the run's total steps "
+        "(step size = total steps // (lr_decays + 1)), so the schedule fires whatever the run's length; "
+        "exclusive with lr_step_every",
+    )
     lr_gamma: float = Field(0.5, gt=0.0, le=1.0)
     num_workers: int = Field(2, gt=0, description="Ray Train workers (DDP processes)")
     use_gpu: bool = False
@@ -333,6 +349,15 @@ class TrainSection(_Section):
     @classmethod
     def _storage(cls, v: str | None) -> str | None:
         return _absolute(_no_credentials(v, "train.storage_path"))
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> TrainSection:
+        if self.lr_step_every is not None and self.lr_decays is not None:
+            raise _config_error(
+                "train.lr_decays: give either train.lr_step_every (a fixed step count) or train.lr_decays "
+                "(decays spread over the run), not both; set the other to null"
+            )
+        return self
 
 
 class TrackingSection(_Section):

@@ -35,7 +35,7 @@ from hashing.methods import build_method
 from hashing.methods.base import Batch, HashingMethod
 from hashing.methods.distributed import world
 from hashing.models import build_backbone
-from hashing.training import make_optimizers, train_step
+from hashing.training import lr_step_size, make_optimizers, make_schedulers, train_step
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ def build_training_method(config: Config, num_classes: int, tag_vocab_size: int)
     torch.manual_seed(config.run.seed)
     return build_method(
         config.method.name,
-        backbone=build_backbone(config.model.backbone, pretrained=bool(config.model.pretrained)),
+        backbone=build_backbone(config.model.backbone, pretrained=bool(config.model.pretrained),
+                                spatial_grid=config.model.spatial_grid),
         bits=config.model.bits,
         num_classes=num_classes,
         tag_vocab_size=tag_vocab_size,
@@ -79,18 +80,22 @@ class TrainState:
         return out
 
 
-def make_train_state(method: HashingMethod, config: Config, device: torch.device | str = "cpu") -> TrainState:
+def total_steps(config: Config, train_samples: int) -> int:
+    """Global steps of the whole run: ``epochs * (train_samples // (batch_size * num_workers))``
+    (every worker drops its last partial batch; bad samples skipped at read time make it a little less)."""
+    return config.train.epochs * (train_samples // (config.train.batch_size * config.train.num_workers))
+
+
+def make_train_state(method: HashingMethod, config: Config, device: torch.device | str = "cpu",
+                     steps: int = 0) -> TrainState:
     """Move ``method`` to ``device`` and give it Adam per phase (``config.train.lr``, ``weight_decay``)
-    and, with ``config.train.lr_step_every``, a StepLR per phase (x ``lr_gamma`` every N steps)."""
+    and a StepLR per phase when the config has a schedule: x ``lr_gamma`` every ``lr_step_every``
+    steps, or ``lr_decays`` times spread over the run's ``steps`` total steps (``total_steps``)."""
     method.to(device)
     method.train()
     optimizers = make_optimizers(method, config.train.lr, config.train.weight_decay)
-    schedulers = {}
-    if config.train.lr_step_every:
-        schedulers = {
-            p: torch.optim.lr_scheduler.StepLR(o, config.train.lr_step_every, config.train.lr_gamma)
-            for p, o in optimizers.items()
-        }
+    step_size = lr_step_size(steps, config.train.lr_step_every, config.train.lr_decays)
+    schedulers = make_schedulers(optimizers, step_size, config.train.lr_gamma)
     return TrainState(method=method, model=method, optimizers=optimizers, schedulers=schedulers)
 
 
@@ -216,7 +221,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     Args:
         loop_config: ``{"config": resolved config as a dict (``config_to_dict``), "num_classes": c,
-            "tag_vocab_size": V}``.
+            "tag_vocab_size": V, "train_samples": rows of the train split (sizes ``lr_decays``)}``.
 
     Returns:
         (rank 0's is ``Result.return_value``) ``{"epoch_losses": [row per epoch, see ``run_epoch``],
@@ -229,7 +234,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     config = validate_config(loop_config["config"], "train loop config")
     device = ray.train.torch.get_device()
     method = build_training_method(config, loop_config["num_classes"], loop_config["tag_vocab_size"])
-    state = make_train_state(method, config, device)
+    state = make_train_state(method, config, device, total_steps(config, loop_config.get("train_samples", 0)))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as checkpoint_dir:

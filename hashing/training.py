@@ -32,6 +32,32 @@ def make_optimizers(
     return optimizers
 
 
+def lr_step_size(total_steps: int, lr_step_every: int | None = None, lr_decays: int | None = None) -> int | None:
+    """Steps between two lr x gamma decays, or None for a constant learning rate.
+
+    ``lr_step_every`` is a fixed step count (it never fires in a run shorter than it);
+    ``lr_decays`` = n spreads n decays evenly over a run of ``total_steps`` steps: every
+    ``total_steps // (n + 1)`` steps (at least 1), so the n-th decay happens before the end and the
+    last stretch trains at the smallest rate. Giving both is an error (the config forbids it too).
+    """
+    if lr_step_every is not None and lr_decays is not None:
+        raise ValueError("give lr_step_every or lr_decays, not both")
+    if lr_decays is not None:
+        if total_steps < 1:
+            raise ValueError(f"lr_decays needs the run's total steps (>= 1), got {total_steps}")
+        return max(1, total_steps // (lr_decays + 1))
+    return lr_step_every or None
+
+
+def make_schedulers(
+    optimizers: dict[str, torch.optim.Optimizer], step_size: int | None, gamma: float
+) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+    """A StepLR (x ``gamma`` every ``step_size`` steps) per phase; none when ``step_size`` is None."""
+    if not step_size:
+        return {}
+    return {p: torch.optim.lr_scheduler.StepLR(o, step_size, gamma) for p, o in optimizers.items()}
+
+
 def train_step(
     model: nn.Module, method: HashingMethod, optimizers: dict[str, torch.optim.Optimizer], batch: Batch
 ) -> dict[str, float]:
@@ -96,6 +122,8 @@ def fit(
     weight_decay: float = 0.0,
     lr_step_every: int | None = None,
     lr_gamma: float = 0.5,
+    lr_decays: int | None = None,
+    steps_per_epoch: int | None = None,
 ) -> list[dict[str, float]]:
     """Train ``method`` in this process; return the per-epoch mean of every term ``train_step`` reports.
 
@@ -103,17 +131,18 @@ def fit(
         batches_fn: ``batches_fn(epoch)`` gives the batches of that epoch (reshuffle there if wanted).
         lr_step_every: multiply every learning rate by ``lr_gamma`` every this many steps (IDHN's
             original: 0.5 every 500 steps); None keeps it constant.
+        lr_decays: instead, that many decays spread over the run (``lr_step_size``); needs
+            ``steps_per_epoch`` (the run has ``epochs * steps_per_epoch`` steps).
 
     Returns:
         One dict per epoch: ``{"epoch": e, "steps": n, "lr": lr, "loss": mean, <term>: mean, ...}``,
         ``lr`` being the new layers' learning rate at the end of the epoch (first phase).
     """
     optimizers = make_optimizers(method, lr, weight_decay)
-    schedulers = []
-    if lr_step_every:
-        schedulers = [
-            torch.optim.lr_scheduler.StepLR(o, lr_step_every, lr_gamma) for o in optimizers.values()
-        ]
+    if lr_decays is not None and not steps_per_epoch:
+        raise ValueError("fit with lr_decays needs steps_per_epoch")
+    step_size = lr_step_size(epochs * (steps_per_epoch or 0), lr_step_every, lr_decays)
+    schedulers = list(make_schedulers(optimizers, step_size, lr_gamma).values())
     method.train()
     history = []
     for epoch in range(epochs):

@@ -63,7 +63,10 @@ def test_paper_hyperparameters():
         "gamma": 0.1,
         "pretrained_lr_scale": 0.01,
     }
-    assert (idhn.train.lr, idhn.train.lr_step_every, idhn.train.lr_gamma) == (1e-3, 500, 0.5)
+    # Recipe choices (documented in the file): theta scale 0.5, five halvings spread over the run.
+    assert idhn.method.params["theta_scale"] == 0.5
+    assert (idhn.train.lr, idhn.train.lr_step_every, idhn.train.lr_decays, idhn.train.lr_gamma) == (
+        1e-3, None, 5, 0.5)
     assert idhn.train.batch_size * idhn.train.num_workers == 128
     schn = load_config(CONFIGS / "schn.yaml")
     assert {k: schn.method.params[k] for k in ("alpha", "beta", "gamma")} == {
@@ -71,11 +74,28 @@ def test_paper_hyperparameters():
         "beta": 0.1,
         "gamma": 10.0,
     }
+    # New layers at 1e-3, the pretrained backbone at the reference's 4e-5 (= 1e-3 x 0.04).
     assert (schn.train.lr, schn.train.weight_decay, schn.train.batch_size * schn.train.num_workers) == (
-        4e-5,
+        1e-3,
         1e-5,
         64,
     )
+    assert schn.train.lr * schn.method.params["pretrained_lr_scale"] == pytest.approx(4e-5)
+
+
+def test_lr_step_every_and_lr_decays_are_exclusive():
+    with pytest.raises(ConfigError, match="train.lr_decays"):
+        load_config(None, ["train.lr_step_every=100", "train.lr_decays=3"])
+    assert load_config(None, ["train.lr_decays=3"]).train.lr_decays == 3
+    with pytest.raises(ConfigError, match="lr_decays"):
+        load_config(None, ["train.lr_decays=0"])
+
+
+def test_every_shipped_method_config_documents_its_recipe_in_comments():
+    for name in ("idhn", "schn", "udmsh", "dsmhn", "dpsh"):
+        text = (CONFIGS / f"{name}.yaml").read_text()
+        comments = [line for line in text.splitlines() if line.lstrip().startswith("#")]
+        assert len(comments) >= 3, name
 
 
 def test_test_config_is_small():
@@ -198,7 +218,7 @@ def test_one_error_lists_every_bad_key():
     )
     # the allowed method keys are the IDHN constructor's own keyword arguments
     own = [p for p in inspect.signature(method_class("idhn").__init__).parameters][6:]
-    assert own == ["alpha", "beta", "gamma"]
+    assert own == ["alpha", "beta", "gamma", "theta_scale"]
     assert (
         f"unknown key 'method.params.alpah' for method 'idhn'; allowed: pretrained_lr_scale, {', '.join(own)}"
         in text

@@ -50,7 +50,13 @@ class IDHN(HashingMethod):
         L = mean_ij l(u_i, u_j, s_ij) + alpha mean(| |u| - 1 |)
 
     with ``l`` from ``idhn_pair_loss``, s_ij = cosine of the label vectors, beta = 5, gamma = 0.1,
-    alpha = 0.1. Binary code b = sign(u) with sign(0) = +1 (the original uses 1[u > 0]; they differ
+    alpha = 0.1.
+
+    Theta scale (a recipe choice, not a change of the loss's form): the original theta = beta <u, u'> / K
+    with beta = 5 is bounded by +-5 whatever K is, so the likelihood of a hard pair can never push a
+    similar pair's probability past sigmoid(5) = 0.993 and stops pulling early at large K.
+    ``theta_scale`` = t sets theta = t <u, u'> instead (i.e. beta = t K; t = 0.5 is DPSH's Theta =
+    0.5 u^T u); None keeps the original beta / K. The soft-pair term does not depend on it. Binary code b = sign(u) with sign(0) = +1 (the original uses 1[u > 0]; they differ
     only where u is exactly 0).
 
     Sharded data (DDP): each worker pairs its b local rows with the B gathered rows of every worker
@@ -73,10 +79,15 @@ class IDHN(HashingMethod):
         alpha: float = 0.1,
         beta: float = 5.0,
         gamma: float = 0.1,
+        theta_scale: float | None = None,
     ) -> None:
         super().__init__(backbone, bits, num_classes, tag_vocab_size, pretrained_lr_scale)
+        if theta_scale is not None and theta_scale <= 0:
+            raise ValueError(f"IDHN theta_scale must be > 0 (or None for beta / K), got {theta_scale}")
         self.alpha = alpha
-        self.beta = beta
+        self.theta_scale = theta_scale
+        # The beta of theta = beta <u, u'> / K that the loss uses.
+        self.beta = beta if theta_scale is None else theta_scale * bits
         self.gamma = gamma
         self.hash_layer = nn.Linear(backbone.feature_dim, bits)
 

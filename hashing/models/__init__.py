@@ -5,12 +5,17 @@ from __future__ import annotations
 from hashing.models.backbone import Backbone, Features
 
 
-def build_backbone(name: str, pretrained: bool = True) -> Backbone:
-    """Return the backbone called ``name``.
+def build_backbone(name: str, pretrained: bool = True, spatial_grid: int = 1) -> Backbone:
+    """Return the backbone called ``name``, its ``Features.spatial`` pooled to a ``spatial_grid`` grid.
 
     Names: ``small_cnn`` (random init, for tests), ``efficientnet_lite0`` and ``mobilenet_v2``
-    (ImageNet weights from pip packages when ``pretrained``).
+    (ImageNet weights from pip packages when ``pretrained``). The grid changes no parameter, so a
+    state dict loads whatever grid the backbone was built with.
     """
+    return _build(name, pretrained).set_spatial_grid(spatial_grid)
+
+
+def _build(name: str, pretrained: bool) -> Backbone:
     if name == "small_cnn":
         from hashing.models.small_cnn import SmallCNN
 

@@ -2,8 +2,10 @@
 
 A backbone maps preprocessed images ``float32[b, 3, H, W]`` to two pooled feature vectors:
 ``global_`` (``float32[b, feature_dim]``, the pooled output of the last stage) and ``spatial``
-(``float32[b, spatial_dim]``, globally pooled features of an earlier convolutional stage; UDMSH
-uses it). Preprocessing is ``(pixel / 255 - mean) / std`` per channel with the backbone's own
+(``float32[b, spatial_dim]``, features of an earlier convolutional stage average-pooled to a
+``spatial_grid`` x ``spatial_grid`` grid and flattened channel-major, so that with a grid > 1 they
+keep the layout of the image: which region holds what; UDMSH uses it). ``spatial_dim`` =
+``spatial_channels * spatial_grid ** 2``; grid 1 is one global mean. Preprocessing is ``(pixel / 255 - mean) / std`` per channel with the backbone's own
 ``mean`` and ``std``.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as nnf
 from torch import nn
 
 
@@ -27,17 +30,38 @@ class Backbone(nn.Module):
 
     Attributes:
         feature_dim: width of ``Features.global_``.
-        spatial_dim: width of ``Features.spatial``.
+        spatial_channels: channels of the earlier stage that ``Features.spatial`` pools.
+        spatial_grid: side G of the pooling grid of ``Features.spatial`` (1: a global mean).
+        spatial_dim: width of ``Features.spatial`` (``spatial_channels * G * G``).
         mean, std: per-channel preprocessing constants (RGB, on pixels scaled to [0, 1]).
         pretrained: True when ImageNet weights were loaded (the trainer then gives the backbone a
             smaller learning rate than the new layers).
     """
 
     feature_dim: int
-    spatial_dim: int
+    spatial_channels: int = 0
+    spatial_grid: int = 1
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     pretrained: bool = False
+
+    @property
+    def spatial_dim(self) -> int:
+        """Width of ``Features.spatial``: ``spatial_channels * spatial_grid ** 2``."""
+        return self.spatial_channels * self.spatial_grid**2
+
+    def set_spatial_grid(self, grid: int) -> Backbone:
+        """Pool ``Features.spatial`` to a ``grid`` x ``grid`` grid from now on (no parameter changes); returns self."""
+        if not isinstance(grid, int) or grid < 1:
+            raise ValueError(f"spatial_grid must be an integer >= 1, got {grid!r}")
+        self.spatial_grid = grid
+        return self
+
+    def pool_spatial(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature map float[b, C, h, w] -> float[b, C * G * G]: average pooled to the G x G grid, channel-major."""
+        if self.spatial_grid == 1:
+            return x.mean(dim=(2, 3))
+        return nnf.adaptive_avg_pool2d(x, self.spatial_grid).flatten(1)
 
     def forward(self, images: torch.Tensor) -> Features:  # pragma: no cover - abstract
         raise NotImplementedError

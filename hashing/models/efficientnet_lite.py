@@ -71,11 +71,16 @@ class EfficientNetLite0(Backbone):
     """EfficientNet-Lite0 (4.7 M parameters), inputs ``float32[b, 3, H, W]`` normalised with mean = std = 0.5.
 
     ``global_`` float32[b, 1280]: average-pooled output of the head conv (after BN + ReLU6).
-    ``spatial`` float32[b, 112]: average-pooled output of the 112-channel stage (stride 16).
+    ``spatial`` float32[b, 112 G^2]: output of the 112-channel stage (stride 16) average-pooled to the
+    G x G ``spatial_grid`` (``Backbone.pool_spatial``; G = 1: a global mean, 112 wide).
+
+    ``features_from(x, start)`` runs blocks ``start..`` and the head on the output ``x`` of block
+    ``start - 1``: the quality benchmark caches the output of the frozen early blocks once and
+    trains only the later blocks and the head on it (``hashing.models.partial``).
     """
 
     feature_dim = 1280
-    spatial_dim = 112
+    spatial_channels = 112
     mean = (0.5, 0.5, 0.5)
     std = (0.5, 0.5, 0.5)
 
@@ -96,15 +101,37 @@ class EfficientNetLite0(Backbone):
         # ``forward`` (DDP without find_unused_parameters requires it).
         self._fc = nn.Linear(1280, 1000).requires_grad_(False)
 
-    def forward(self, images: torch.Tensor) -> Features:
-        x = F.relu6(self._bn0(self._conv_stem(images)))
-        spatial = None
-        for i, block in enumerate(self._blocks):
+    spatial_block = _SPATIAL_BLOCK
+
+    def stem(self, images: torch.Tensor) -> torch.Tensor:
+        """The stem conv (+ BN + ReLU6): input of block 0."""
+        return F.relu6(self._bn0(self._conv_stem(images)))
+
+    def run_blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Blocks ``start..stop-1`` on ``x`` (the output of block ``start - 1``, or of the stem)."""
+        for block in self._blocks[start:stop]:
             x = block(x)
-            if i == _SPATIAL_BLOCK:
-                spatial = x.mean(dim=(2, 3))
+        return x
+
+    def features_from(self, x: torch.Tensor, start: int, spatial: torch.Tensor | None = None) -> Features:
+        """Features of the rest of the network from ``x``, the output of block ``start - 1``.
+
+        ``spatial``: the pooled spatial features when block ``_SPATIAL_BLOCK`` ran before ``start``
+        (the caller pooled it); computed here when it is among the blocks run.
+        """
+        if start <= _SPATIAL_BLOCK:
+            x = self.run_blocks(x, start, _SPATIAL_BLOCK + 1)
+            spatial = self.pool_spatial(x)
+            start = _SPATIAL_BLOCK + 1
+        elif spatial is None:
+            raise ValueError(f"features_from(start={start}) needs the pooled spatial features of block "
+                             f"{_SPATIAL_BLOCK}, which ran before")
+        x = self.run_blocks(x, start, len(self._blocks))
         x = F.relu6(self._bn1(self._conv_head(x)))
         return Features(x.mean(dim=(2, 3)), spatial)
+
+    def forward(self, images: torch.Tensor) -> Features:
+        return self.features_from(self.stem(images), 0)
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:
         """ImageNet logits float32[b, 1000] (meaningful with pretrained weights)."""

@@ -54,11 +54,12 @@ class MobileNetV2(Backbone):
     """MobileNetV2 (width 1.0, 3.5 M parameters), inputs ``float32[b, 3, H, W]`` with ImageNet mean/std.
 
     ``global_`` float32[b, 1280]: average-pooled output of the last 1x1 conv (``features.18``).
-    ``spatial`` float32[b, 96]: average-pooled output of the 96-channel stage (stride 16).
+    ``spatial`` float32[b, 96 G^2]: output of the 96-channel stage (stride 16) average-pooled to the
+    G x G ``spatial_grid`` (G = 1: a global mean, 96 wide).
     """
 
     feature_dim = 1280
-    spatial_dim = 96
+    spatial_channels = 96
     mean = (0.485, 0.456, 0.406)
     std = (0.229, 0.224, 0.225)
 
@@ -79,7 +80,7 @@ class MobileNetV2(Backbone):
     def forward(self, images: torch.Tensor) -> Features:
         mid = self.features[: _SPATIAL_LAYER + 1](images)
         top = self.features[_SPATIAL_LAYER + 1 :](mid)
-        return Features(top.mean(dim=(2, 3)), mid.mean(dim=(2, 3)))
+        return Features(top.mean(dim=(2, 3)), self.pool_spatial(mid))
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:
         """ImageNet logits float32[b, 1000] (meaningful with pretrained weights)."""

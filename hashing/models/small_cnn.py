@@ -20,11 +20,12 @@ def _stage(cin: int, cout: int) -> nn.Sequential:
 class SmallCNN(Backbone):
     """Three conv stages (32, 64, 128 channels), any input size >= 8 px.
 
-    ``spatial`` = pooled output of stage 2 (64 wide), ``global_`` = pooled output of stage 3 (128 wide).
+    ``spatial`` = output of stage 2 (64 channels) pooled to the G x G ``spatial_grid`` (64 G^2 wide),
+    ``global_`` = pooled output of stage 3 (128 wide).
     """
 
     feature_dim = 128
-    spatial_dim = 64
+    spatial_channels = 64
 
     def __init__(self) -> None:
         super().__init__()
@@ -35,7 +36,7 @@ class SmallCNN(Backbone):
     def forward(self, images: torch.Tensor) -> Features:
         mid = self.stage2(self.stage1(images))
         top = self.stage3(mid)
-        return Features(top.mean(dim=(2, 3)), mid.mean(dim=(2, 3)))
+        return Features(top.mean(dim=(2, 3)), self.pool_spatial(mid))
 
 
 class CachedFeatures(Backbone):
@@ -49,7 +50,7 @@ class CachedFeatures(Backbone):
     def __init__(self, feature_dim: int, spatial_dim: int) -> None:
         super().__init__()
         self.feature_dim = feature_dim
-        self.spatial_dim = spatial_dim
+        self.spatial_channels = spatial_dim  # already pooled: grid 1, the width is what was cached
 
     def forward(self, images: torch.Tensor) -> Features:
         if images.ndim != 2 or images.shape[1] != self.feature_dim + self.spatial_dim:

@@ -112,8 +112,41 @@ def test_every_trainable_parameter_gets_a_gradient_from_forward() -> None:
 
 
 def test_spatial_dims_are_the_stride_16_stages() -> None:
-    assert EfficientNetLite0.spatial_dim == 112
-    assert MobileNetV2.spatial_dim == 96
+    assert EfficientNetLite0.spatial_channels == 112 and EfficientNetLite0().spatial_dim == 112
+    assert MobileNetV2.spatial_channels == 96 and MobileNetV2().spatial_dim == 96
+
+
+def test_spatial_grid_keeps_the_layout_of_the_earlier_stage() -> None:
+    # A 2x2 grid pools each quadrant separately: images that differ only in which quadrant is lit have
+    # the same global mean of the spatial map but different grid features.
+    torch.manual_seed(0)
+    backbone = build_backbone("small_cnn", pretrained=False, spatial_grid=2).eval()
+    assert backbone.spatial_dim == 64 * 4
+    images = torch.full((2, 3, 32, 32), -1.0)
+    images[0, :, :16, :16] = 1.0  # top-left
+    images[1, :, 16:, 16:] = 1.0  # bottom-right: the same pixels, moved
+    with torch.no_grad():
+        grid = backbone(images).spatial
+        flat = backbone.set_spatial_grid(1)(images).spatial
+    assert grid.shape == (2, 256) and flat.shape == (2, 64)
+    # the global mean of the 2x2 grid cells is the single-mean feature
+    assert torch.allclose(grid.view(2, 64, 4).mean(-1), flat, atol=1e-5)
+    # one mean nearly loses the layout (only border effects differ); the grid tells the two apart
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(flat[0], flat[1], dim=0) > 0.95
+    assert cos(grid[0], grid[1], dim=0) < cos(flat[0], flat[1], dim=0) - 0.2
+
+
+def test_efficientnet_features_from_a_cached_block_equal_the_full_forward() -> None:
+    torch.manual_seed(0)
+    model = build_backbone("efficientnet_lite0", pretrained=False, spatial_grid=2).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        full = model(images)
+        cached = model.run_blocks(model.stem(images), 0, model.spatial_block + 1)
+        rest = model.features_from(cached, model.spatial_block + 1, model.pool_spatial(cached))
+    assert torch.allclose(full.global_, rest.global_, atol=1e-5)
+    assert torch.allclose(full.spatial, rest.spatial) and full.spatial.shape == (2, 448)
 
 
 def test_build_backbone_returns_these_models() -> None:

@@ -371,3 +371,20 @@ def test_print_config_round_trips(capsys, tmp_path):
         CONFIGS / "demo.yaml", [f"run.root={tmp_path}"]
     )
     assert printed == config_to_yaml(load_config(CONFIGS / "demo.yaml", [f"run.root={tmp_path}"]))
+
+
+@pytest.mark.parametrize("override", ["train.lr=inf", "train.lr=.inf", "train.weight_decay=inf",
+                                      "train.weight_decay=.nan", "method.params.alpha=inf"])
+def test_infinite_and_nan_values_are_rejected_with_the_key(override):
+    key = override.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}: Input should be a finite number"):
+        load_config(None, [override])
+
+
+def test_duplicate_yaml_key_is_rejected_with_the_key_and_line(tmp_path):
+    path = _write(tmp_path / "dup.yaml", "train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.5\nmodel:\n  bits: 32\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'lr'[\s\S]*line 4"):
+        load_config(path)
+    _write(tmp_path / "top.yaml", "train:\n  epochs: 2\ntrain:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match="duplicate key 'train'"):
+        load_config(tmp_path / "top.yaml")

@@ -14,6 +14,8 @@ from hashing.methods.idhn import IDHN
 from hashing.models.small_cnn import CachedFeatures, SmallCNN
 from hashing.training import encode_batches, fit, make_optimizers, train_step
 
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
 torch.set_num_threads(1)
 
 
@@ -125,3 +127,41 @@ def test_fit_lowers_loss_and_halves_lr_on_schedule():
     assert history[-1]["loss"] < history[0]["loss"]
     with pytest.raises(ValueError, match="no batches"):
         fit(method, lambda epoch: [], epochs=1, lr=1e-3)
+
+
+def test_lr_decays_fire_within_the_run_whatever_its_length():
+    from hashing.training import lr_step_size
+
+    # A fixed 500-step schedule never fires in a 390-step run; 5 decays spread over it do.
+    assert lr_step_size(390, lr_step_every=500) == 500
+    assert lr_step_size(390, lr_decays=5) == 65  # 390 // 6: decays at 65, 130, ..., 325
+    assert lr_step_size(3000, lr_decays=5) == 500  # the original's 500 on its own 3000-step run
+    assert lr_step_size(3, lr_decays=5) == 1
+    assert lr_step_size(100) is None
+    with pytest.raises(ValueError, match="not both"):
+        lr_step_size(100, lr_step_every=10, lr_decays=2)
+
+    torch.manual_seed(0)
+    method = IDHN(CachedFeatures(8, 0), bits=8, num_classes=3)
+    batches = [feature_batch(16, seed) for seed in range(3)]
+    history = fit(method, lambda epoch: batches, epochs=4, lr=1e-2, lr_decays=3, steps_per_epoch=3)
+    # 12 steps, 3 decays every 12 // 4 = 3 steps: after epochs 1, 2, 3 (the last after step 12 too)
+    assert [h["lr"] for h in history] == pytest.approx([5e-3, 2.5e-3, 1.25e-3, 6.25e-4])
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        fit(method, lambda epoch: batches, epochs=1, lr=1e-2, lr_decays=3)
+
+
+def test_schn_config_gives_new_layers_and_the_pretrained_backbone_their_own_rates():
+    from hashing.config import load_config
+    from hashing.methods import build_method
+
+    config = load_config(REPO / "configs" / "schn.yaml", ["model.bits=16"])
+    backbone = SmallCNN()
+    backbone.pretrained = True  # stands in for the ImageNet backbone, at a test's speed
+    method = build_method("schn", backbone=backbone, bits=16, num_classes=4, **config.method.params)
+    optimizers = make_optimizers(method, config.train.lr, config.train.weight_decay)
+    main = optimizers["main"].param_groups
+    assert [g["lr"] for g in main] == pytest.approx([1e-3, 4e-5])
+    assert {id(p) for p in main[1]["params"]} == {id(p) for p in backbone.parameters()}
+    assert {id(p) for p in method.image_hash.parameters()} <= {id(p) for p in main[0]["params"]}
+    assert [g["lr"] for g in optimizers["discriminator"].param_groups] == pytest.approx([1e-3])

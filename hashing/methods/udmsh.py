@@ -36,8 +36,11 @@ class UDMSH(HashingMethod):
 
     s_ij = ``ssdh_similarity(D)`` in [-1, 1], with D = omega D_global + (1 - omega) D_spatial the cosine
     distances of the L2-normalised backbone ``global_`` and ``spatial`` features (detached: the
-    similarity is a target), omega = 0.5. w_ij = ``confident_weight`` (1.0) where |s_ij| = 1,
-    ``graded_weight`` (0.1) on the graded pairs between the thresholds. lambda = ``quant_weight`` (0.1).
+    similarity is a target), omega = 0.5. The spatial features keep layout when the backbone pools
+    them to a grid (``model.spatial_grid`` 2: the stride-16 stage pooled to 2x2 cells, not one mean).
+    w_ij = ``confident_weight`` (1.0) where |s_ij| = 1, ``graded_weight`` on the graded pairs between
+    the thresholds (default 0.1; ``configs/udmsh.yaml`` uses 1.0, see there).
+    lambda = ``quant_weight`` (0.1).
     Hamming-isometric mapping: ||u|| = sqrt(K) and the quantisation term together make
     (1/K) u_i^T u_j -> 1 - 2 d_H(b_i, b_j) / K, the quantity s_ij is compared with.
 
@@ -88,6 +91,17 @@ class UDMSH(HashingMethod):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Codes u float32[b, K] with ||u_i|| = sqrt(K); the retrieval code is sign(u)."""
         return self._codes(self.backbone(images).global_)
+
+    @torch.no_grad()
+    def pseudo_similarity(self, images: torch.Tensor) -> torch.Tensor:
+        """The pseudo-labels s float[b, b] in [-1, 1] that ``forward`` would use for these rows now.
+
+        Built from the current backbone's features, so they change as the backbone trains (a
+        diagnostic; uses the backbone's current train/eval mode).
+        """
+        feats = self.backbone(images)
+        spatial = feats.spatial if self.omega < 1.0 else feats.global_
+        return ssdh_similarity(combined_distance(feats.global_, spatial, self.omega))
 
     def forward(self, batch: Batch, phase: str = "main") -> dict[str, torch.Tensor]:
         """``{"loss", "pairwise", "quantization", "confident"}`` scalars for the local rows of the global batch.

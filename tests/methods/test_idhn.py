@@ -130,3 +130,35 @@ def test_overfit_small_batch_and_codes_follow_labels():
     same = (batch["labels"][:, :10] @ batch["labels"][:, :10].T).numpy() > 0
     off_diag = ~np.eye(32, dtype=bool)
     assert dist[same & off_diag].mean() < dist[~same].mean() - 2
+
+
+def test_theta_scale_sets_theta_to_scale_times_inner_product_whatever_k():
+    # theta_scale t: theta = t <u, u'> (beta = t K); None keeps the original beta / K (bounded by beta).
+    for k in (16, 64):
+        method = IDHN(CachedFeatures(feature_dim=k, spatial_dim=0), bits=k, num_classes=3, theta_scale=0.5)
+        assert method.beta == pytest.approx(0.5 * k)
+        assert IDHN(CachedFeatures(k, 0), bits=k, num_classes=3).beta == 5.0
+    u = torch.full((2, 64), 0.9)  # <u, u'> = 51.84: a hard similar pair (s = 1)
+    s = torch.ones(2, 2)
+    original = idhn_pair_loss(u, u, s, beta=5.0)  # theta = 5 * 0.81 = 4.05
+    scaled = idhn_pair_loss(u, u, s, beta=0.5 * 64)  # theta = 25.9
+    assert float(original[0, 1]) == pytest.approx(math.log1p(math.exp(4.05)) - 4.05, rel=1e-5)
+    assert float(scaled[0, 1]) < 1e-9 < float(original[0, 1])
+    with pytest.raises(ValueError, match="theta_scale"):
+        IDHN(CachedFeatures(8, 0), bits=8, num_classes=3, theta_scale=0.0)
+
+
+def test_forward_uses_the_scaled_theta():
+    k = 8
+    method = IDHN(CachedFeatures(feature_dim=k, spatial_dim=0), bits=k, num_classes=2, theta_scale=0.5)
+    with torch.no_grad():
+        method.hash_layer.weight.copy_(torch.eye(k))
+        method.hash_layer.bias.zero_()
+    z = torch.tensor(np.random.default_rng(2).normal(size=(4, k)), dtype=torch.float32)
+    labels = torch.tensor([[1, 0], [1, 0], [0, 1], [0, 1]], dtype=torch.float32)  # all pairs hard
+    out = method({"image": z, "labels": labels})
+    u = z / (1 + z.abs())
+    theta = 0.5 * (u @ u.T)
+    s = (labels @ labels.T > 0).float()
+    expected = (torch.nn.functional.softplus(theta) - s * theta).mean()
+    assert float(out["pairwise"]) == pytest.approx(float(expected), rel=1e-5)

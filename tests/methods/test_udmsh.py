@@ -214,3 +214,44 @@ def test_overfit_small_batch_without_labels_and_codes_follow_classes():
     same = (batch["labels"] @ batch["labels"].T).numpy() > 0
     off_diag = ~np.eye(len(same), dtype=bool)
     assert dist[same & off_diag].mean() < dist[~same].mean() - 2
+
+
+def test_pseudo_labels_follow_the_backbone_as_it_trains_and_stay_put_when_it_is_frozen():
+    torch.manual_seed(0)
+    images = digits_batch(32)["image"]
+    method = UDMSH(SmallCNN().set_spatial_grid(2), bits=16, num_classes=0, graded_weight=1.0)
+    assert method.backbone.spatial_dim == 256
+    method.eval()
+    before = method.pseudo_similarity(images)
+    fit(method, lambda epoch: [{"image": images}], epochs=5, lr=3e-3)
+    method.eval()
+    after = method.pseudo_similarity(images)
+    assert (after - before).abs().mean() > 1e-3  # the trained backbone's features moved s
+
+    # Frozen (cached) features: the hash layer trains, the pseudo-labels do not move.
+    with torch.no_grad():
+        feats = method.backbone(images)
+    cached = torch.cat([feats.global_, feats.spatial], dim=1)
+    frozen = UDMSH(CachedFeatures(128, 256), bits=16, num_classes=0)
+    start = frozen.pseudo_similarity(cached)
+    weight = frozen.hash_layer.weight.detach().clone()
+    fit(frozen, lambda epoch: [{"image": cached}], epochs=2, lr=3e-3)
+    assert not torch.equal(weight, frozen.hash_layer.weight)
+    torch.testing.assert_close(frozen.pseudo_similarity(cached), start)
+
+
+def test_graded_weight_scales_only_the_graded_pairs():
+    torch.manual_seed(0)
+    feats = torch.randn(24, 12)
+    batch = {"image": feats}
+    light = UDMSH(CachedFeatures(8, 4), bits=8, num_classes=0, graded_weight=0.1)
+    heavy = UDMSH(CachedFeatures(8, 4), bits=8, num_classes=0, graded_weight=1.0)
+    heavy.load_state_dict(light.state_dict())
+    s = ssdh_similarity(combined_distance(feats[:, :8], feats[:, 8:], 0.5))
+    u = light._codes(feats[:, :8])
+    err = (code_affinity(u, u) - s) ** 2
+    graded = s.abs() < 1
+    assert graded.any() and (~graded).any()
+    for method, w in ((light, 0.1), (heavy, 1.0)):
+        expected = (torch.where(graded, w, 1.0) * err).mean()
+        assert float(method(batch)["pairwise"]) == pytest.approx(float(expected), rel=1e-5)

@@ -9,6 +9,12 @@ Recipe: config -> MLflow tracking -> Ray Data training split -> ``TorchTrainer.f
 ``train.checkpoint_every_steps`` steps, into ``train.storage_path``; ``train.max_failures`` restarts
 from the last checkpoint) -> final evaluation of query vs database codes -> model logged, registered
 as ``hashing-{method}-{dataset}`` with the alias ``challenger`` -> a summary of where results are.
+
+Baselines ``method.name=lsh`` / ``itq`` have no gradient steps: ``fit_baseline`` runs the frozen
+backbone over the train split in this process, fits the projection on its pooled features, evaluates
+and registers the model exactly as above (so encode, evaluate, promote and search work on it), and
+logs the float-feature ceiling of the same backbone (``float_ceiling/map_at_K``, ``.../ndcg_at_k``:
+cosine ranking of the features themselves) in the same run.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ from hashing.data.quarantine import BadInputError, Quarantine, TooManyBadSamples
 from hashing.data.read import TORCH_COLUMNS, RemoteQuarantine, iter_split, read_split
 from hashing.data.schema import DatasetManifest, load_manifest
 from hashing.data.transforms import Preprocess
-from hashing.evaluation import evaluate_codes, log_evaluation
+from hashing.evaluation import evaluate_codes, log_evaluation, metric_key
+from hashing.methods import method_class
 from hashing.methods.base import HashingMethod
+from hashing.methods.shallow import ShallowHashing, cosine_ranking_report
 from hashing.models import build_backbone
 from hashing.ray_session import init_ray
 from hashing.tracking import (
@@ -85,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
     tracking_uri = setup_tracking(config)
     set_experiment(config, manifest.name)
+    if not method_class(config.method.name).trainable:
+        return fit_baseline(config, manifest, tracking_uri)
     started_ray = init_ray(config.ray.address, config.ray.num_cpus)
     try:
         preprocess = make_preprocess(config)
@@ -121,6 +131,66 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkpoints: {result.path}")
     print("metrics:     " + ", ".join(f"{k}={v:.4f}" for k, v in report.items()))
     return 0
+
+
+def fit_baseline(config: Config, manifest: DatasetManifest, tracking_uri: str) -> int:
+    """Fit LSH / ITQ on the backbone's train features, evaluate it and the float-feature ceiling, register it."""
+    import time
+
+    preprocess = make_preprocess(config)
+    method = build_training_method(config, len(manifest.classes), len(manifest.tags or []))
+    assert isinstance(method, ShallowHashing)
+    try:
+        with mlflow.start_run(run_name=config.run.name) as run:
+            log_config(config)
+            mlflow.set_tags({TAG_JOB: "train", TAG_METHOD: config.method.name, TAG_DATASET: manifest.name,
+                             TAG_DATASET_FINGERPRINT: manifest.fingerprint})
+            started = time.perf_counter()
+            train_features, _ = split_features(method, config, "train", preprocess)
+            info = method.fit_features(train_features)
+            mlflow.log_metrics({"train/fit_seconds": time.perf_counter() - started,
+                                "train/samples": float(len(train_features)),
+                                **{f"train/{k}": v for k, v in info.items()}})
+            q_feats, q_labels = split_features(method, config, "query", preprocess)
+            db_feats, db_labels = split_features(method, config, "database", preprocess)
+            with torch.no_grad():
+                q_codes = pack_signs(method.codes_from_features(torch.from_numpy(q_feats)).numpy())
+                db_codes = pack_signs(method.codes_from_features(torch.from_numpy(db_feats)).numpy())
+            result = evaluate_codes(q_codes, db_codes, q_labels, db_labels, config.evaluate, pr=config.evaluate.plots)
+            log_evaluation(result, f"{config.method.name}, {config.model.bits} bits")
+            report = result.metrics
+            ceiling = cosine_ranking_report(q_feats, db_feats, q_labels, db_labels, config.evaluate.topk,
+                                            config.evaluate.ndcg_k)
+            mlflow.log_metrics({f"float_ceiling/{metric_key(k)}": v for k, v in ceiling.items()})
+            model_uri = log_hashing_model(method, config, extra={
+                "dataset": manifest.name, "dataset_fingerprint": manifest.fingerprint})
+            model_name = registered_model_name(config.method.name, manifest.name)
+            version = register_model(model_uri, model_name, CHALLENGER, tags={
+                TAG_DATASET: manifest.name, TAG_DATASET_FINGERPRINT: manifest.fingerprint,
+                "run_id": run.info.run_id})
+    except (BadInputError, TooManyBadSamplesError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    print(f"run:         {run.info.run_id} (experiment {run.info.experiment_id}) at {tracking_uri}")
+    print(f"model:       models:/{model_name}/{version} (@{CHALLENGER}), {model_uri}")
+    print("metrics:     " + ", ".join(f"{k}={v:.4f}" for k, v in report.items()))
+    print("float ceiling (cosine of the same backbone's features): "
+          + ", ".join(f"{metric_key(k)}={v:.4f}" for k, v in ceiling.items()))
+    return 0
+
+
+@torch.no_grad()
+def split_features(method: HashingMethod, config: Config, split: str,
+                   preprocess: Preprocess) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled backbone features float32[n, d] (eval mode) and multi-hot labels uint8[n, c] of ``split``."""
+    method.eval()
+    features, labels = [], []
+    for batch in split_batches(config, split, preprocess):
+        features.append(method.backbone(batch["image"]).global_.float().numpy())
+        labels.append(batch["labels"].numpy().astype(np.uint8))
+    if not features:
+        raise ValueError(f"split {split!r} of {config.dataset.uri} has no samples")
+    return np.concatenate(features), np.concatenate(labels)
 
 
 def make_preprocess(config: Config) -> Preprocess:

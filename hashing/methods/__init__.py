@@ -13,6 +13,8 @@ METHODS: dict[str, str] = {
     "dsmhn": "hashing.methods.dsmhn:DSMHN",
     "udmsh": "hashing.methods.udmsh:UDMSH",
     "dpsh": "hashing.methods.dpsh:DPSH",
+    "lsh": "hashing.methods.shallow:LSHMethod",
+    "itq": "hashing.methods.shallow:ITQMethod",
 }
 
 

@@ -44,6 +44,9 @@ class HashingMethod(nn.Module):
     """
 
     name: ClassVar[str]
+    # False for methods fitted in closed form on backbone features (LSH, ITQ: ``fit_features``), not
+    # trained by gradient steps; ``pipelines/train.py`` fits those in the driver, without Ray Train.
+    trainable: ClassVar[bool] = True
     phases: ClassVar[tuple[str, ...]] = ("main",)
     uses_labels: ClassVar[bool] = True
     modalities: ClassVar[tuple[str, ...]] = ("image",)

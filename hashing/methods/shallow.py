@@ -2,13 +2,23 @@
 
 Codes come out as float32 signs in {-1, +1} (sign(0) = +1), the same form as a deep method's
 relaxed codes, so ``hashing.codes.pack_signs`` packs them and the same metrics apply.
+
+``LSHMethod`` / ``ITQMethod`` (``method.name=lsh`` / ``itq``) wrap them as ``HashingMethod``s over a
+frozen backbone: a fitted linear map x -> (x - mean) W of the backbone's pooled features kept in
+buffers, so the model is saved, registered, encoded and searched like any deep method.
+``cosine_ranking_report`` scores the float-feature ceiling with the metrics' definitions.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import ClassVar
 
 import numpy as np
+import torch
+
+from hashing.methods.base import Batch, HashingMethod
+from hashing.models.backbone import Backbone
 
 log = logging.getLogger(__name__)
 
@@ -155,3 +165,103 @@ class ITQ:
     def encode(self, features: np.ndarray) -> np.ndarray:
         """Codes float32[n, K] in {-1, +1}."""
         return _signs(self.project(features))
+
+
+def cosine_ranking_report(queries: np.ndarray, database: np.ndarray, q_labels: np.ndarray, db_labels: np.ndarray,
+                          topk: int | None = 1000, ndcg_k: int = 100, chunk: int = 256) -> dict[str, float]:
+    """mAP@topk and NDCG@ndcg_k of ranking ``database`` float[n, d] by cosine similarity to each query
+    float[m, d] (ties in database order), with the definitions of ``hashing.metrics``: relevant =
+    shares a label, gain 2^r - 1 with r = shared labels, a query without hits scores 0.
+
+    Returns ``{"map@K": ..., "ndcg@k": ...}`` (K = ``topk``, ``all`` when None). Queries are scored
+    ``chunk`` at a time (memory m x n per chunk).
+    """
+    db = FloatFeatures().encode(database)
+    q_all = FloatFeatures().encode(queries)
+    n = len(db)
+    depth_k = n if topk is None else min(topk, n)
+    aps, ndcgs = [], []
+    for start in range(0, len(q_all), chunk):
+        scores = q_all[start : start + chunk] @ db.T
+        shared = q_labels[start : start + chunk].astype(np.float64) @ db_labels.astype(np.float64).T
+        depth = min(max(depth_k, ndcg_k), n)
+        ids = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
+        ranked = np.take_along_axis(shared, ids, axis=1)
+        hits = ranked[:, :depth_k] > 0
+        hit_number = np.cumsum(hits, axis=1) * hits
+        aps.append((hit_number / np.arange(1, hits.shape[1] + 1)).sum(axis=1) / np.maximum(hits.sum(axis=1), 1))
+        k = min(ndcg_k, depth)
+        discount = 1.0 / np.log2(np.arange(2, k + 2))
+        dcg = (np.exp2(ranked[:, :k]) - 1) @ discount
+        best = -np.sort(-shared, axis=1)[:, :k]  # the ideal ranking: most shared labels first
+        ideal = (np.exp2(best) - 1) @ discount
+        ndcgs.append(np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1.0), 0.0))
+    name = "all" if topk is None else topk
+    return {f"map@{name}": float(np.concatenate(aps).mean()), f"ndcg@{ndcg_k}": float(np.concatenate(ndcgs).mean())}
+
+
+class ShallowHashing(HashingMethod):
+    """A frozen backbone and a fitted linear map of its pooled features: u = (global_ - mean) W.
+
+    ``mean`` float32[d] and ``projection`` W float32[d, K] are buffers (so they are in the state
+    dict, saved and loaded like weights); ``fit_features`` sets them. Code b = sign(u), sign(0) = +1.
+    Not trained by gradient steps (``trainable = False``); labels are never used.
+    """
+
+    trainable: ClassVar[bool] = False
+    uses_labels: ClassVar[bool] = False
+
+    def __init__(self, backbone: Backbone, bits: int, num_classes: int = 0, tag_vocab_size: int = 0,
+                 pretrained_lr_scale: float = 0.01, seed: int = 0) -> None:
+        super().__init__(backbone, bits, num_classes, tag_vocab_size, pretrained_lr_scale)
+        self.seed = seed
+        backbone.requires_grad_(False)
+        self.register_buffer("mean", torch.zeros(backbone.feature_dim))
+        self.register_buffer("projection", torch.zeros(backbone.feature_dim, bits))
+
+    def _fit(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+        raise NotImplementedError
+
+    def fit_features(self, features: np.ndarray) -> dict[str, float]:
+        """Fit on the backbone's pooled train features float[n, d]; returns diagnostics to log."""
+        mean, projection, info = self._fit(_check_features(features, self.backbone.feature_dim))
+        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.projection.copy_(torch.as_tensor(projection, dtype=torch.float32))
+        return info
+
+    def codes_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """u float32[b, K] from pooled features float[b, d]."""
+        return (features.float() - self.mean) @ self.projection
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """u float32[b, K] = (global_ - mean) W; the code is sign(u)."""
+        return self.codes_from_features(self.backbone(images).global_)
+
+    def forward(self, batch: Batch, phase: str = "main") -> dict[str, torch.Tensor]:
+        raise RuntimeError(f"method {self.name!r} has no training step: it is fitted with fit_features")
+
+
+class LSHMethod(ShallowHashing):
+    """``method.name=lsh``: sign random projections of the centred backbone features (``LSH``)."""
+
+    name = "lsh"
+
+    def _fit(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+        lsh = LSH(self.bits, seed=self.seed).fit(features)
+        return lsh.mean, lsh.projection, {}
+
+
+class ITQMethod(ShallowHashing):
+    """``method.name=itq``: PCA to K dims + the learned ITQ rotation of the backbone features (``ITQ``)."""
+
+    name = "itq"
+
+    def __init__(self, backbone: Backbone, bits: int, num_classes: int = 0, tag_vocab_size: int = 0,
+                 pretrained_lr_scale: float = 0.01, seed: int = 0, iterations: int = 50) -> None:
+        super().__init__(backbone, bits, num_classes, tag_vocab_size, pretrained_lr_scale, seed)
+        self.iterations = iterations
+
+    def _fit(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+        itq = ITQ(self.bits, iterations=self.iterations, seed=self.seed).fit(features)
+        loss = itq.loss_history[-1] if itq.loss_history else float("nan")
+        return itq.mean, itq.pca @ itq.rotation, {"itq_quantisation_loss": loss}

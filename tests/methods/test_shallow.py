@@ -102,3 +102,40 @@ def test_itq_rejects_too_many_bits_and_wrong_width():
     itq = ITQ(bits=4).fit(x)
     with pytest.raises(ValueError, match="float\\[n, 8\\]"):
         itq.encode(np.zeros((2, 5)))
+
+
+def test_itq_and_lsh_methods_give_the_numpy_baselines_codes_and_round_trip_their_state():
+    import torch
+
+    from hashing.methods import build_method
+    from hashing.methods.shallow import ITQ, LSH
+    from hashing.models.small_cnn import CachedFeatures
+
+    rng = np.random.default_rng(0)
+    train, test = rng.standard_normal((200, 24)), rng.standard_normal((30, 24))
+    for name, reference in (("itq", ITQ(8, seed=3).fit(train)), ("lsh", LSH(8, seed=3).fit(train))):
+        method = build_method(name, backbone=CachedFeatures(24, 0), bits=8, num_classes=0, seed=3)
+        assert not method.trainable and not method.uses_labels
+        method.fit_features(train)
+        codes = method.encode_image(torch.tensor(test, dtype=torch.float32)).numpy()
+        agree = (np.where(codes >= 0, 1.0, -1.0) == reference.encode(test)).mean()
+        assert agree > 0.99, name  # float32 vs float64 may flip a sign right at 0
+        fresh = build_method(name, backbone=CachedFeatures(24, 0), bits=8, num_classes=0)
+        fresh.load_state_dict(method.state_dict(), strict=True)
+        torch.testing.assert_close(fresh.encode_image(torch.tensor(test, dtype=torch.float32)), torch.tensor(codes))
+        with pytest.raises(RuntimeError, match="fit_features"):
+            method({"image": torch.zeros(2, 24)})
+
+
+def test_cosine_ranking_report_matches_the_benchmark_ranking_on_cosine_scores():
+    from benchmarks.quality import ranking_report
+    from hashing.methods.shallow import cosine_ranking_report, cosine_similarity
+
+    rng = np.random.default_rng(1)
+    q, db = rng.standard_normal((40, 6)), rng.standard_normal((300, 6))
+    q_labels, db_labels = ((rng.random((n, 4)) < 0.3).astype(np.uint8) for n in (40, 300))
+    expected = ranking_report(cosine_similarity(q, db), q_labels, db_labels, topk=50, ndcg_k=20)
+    got = cosine_ranking_report(q, db, q_labels, db_labels, topk=50, ndcg_k=20, chunk=7)
+    # the benchmark's ranking names its columns map@1000 / ndcg@100 whatever K it is given
+    assert got["map@50"] == pytest.approx(expected["map@1000"], abs=1e-6)
+    assert got["ndcg@20"] == pytest.approx(expected["ndcg@100"], abs=1e-6)

@@ -262,3 +262,45 @@ def test_two_workers_train_on_two_nodes(tiny_dataset: str, tmp_path: Path, monke
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
     nodes = set(_only_run(root).data.tags["train_nodes"].split(","))
     assert nodes == expected_nodes
+
+
+# --- baselines: LSH / ITQ through the same job, registered and loadable like any model ---------------
+
+
+@pytest.mark.parametrize("method", ["itq", "lsh"])
+def test_baseline_is_fitted_registered_and_encodes_like_a_model(
+    method: str, tiny_dataset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import mlflow
+
+    from hashing.codes import pack_signs
+    from hashing.config import load_config
+    from hashing.encoding import Encoder
+    from hashing.tracking import load_hashing_model, setup_tracking
+    from pipelines import train
+
+    args = ["--config", "configs/test.yaml", f"run.root={tmp_path}", f"dataset.uri={tiny_dataset}",
+            f"method.name={method}", "evaluate.plots=false"]
+    assert train.main(args) == 0
+    out = capsys.readouterr().out
+    assert f"models:/hashing-{method}-builtin-tiny/1 (@challenger)" in out and "float ceiling" in out
+    run = _only_run(tmp_path)
+    assert run.data.tags["method"] == method
+    for key in ("map_at_100", "float_ceiling/map_at_100", "float_ceiling/ndcg_at_50", "train/fit_seconds"):
+        assert 0.0 <= run.data.metrics[key] or key == "train/fit_seconds", key
+    assert 0.0 < run.data.metrics["float_ceiling/map_at_100"] <= 1.0
+
+    config = load_config(REPO / "configs" / "test.yaml", [f"run.root={tmp_path}"])
+    setup_tracking(config)
+    try:
+        loaded, loaded_config = load_hashing_model(f"models:/hashing-{method}-builtin-tiny@challenger")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert loaded.name == method and loaded_config.method.name == method
+    assert loaded.projection.abs().sum() > 0  # the fitted projection was saved, not the zero init
+    images = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
+    import torch
+
+    with torch.no_grad():
+        expected = pack_signs(loaded.codes_from_features(loaded.backbone(torch.from_numpy(images)).global_).numpy())
+    np.testing.assert_array_equal(Encoder(loaded, 32).encode_images(images), expected)

@@ -149,32 +149,26 @@ def filesystem(uri: str, endpoint: str | None = None) -> tuple[pafs.FileSystem, 
 
 
 def ray_filesystem(uri: str, endpoint: str | None = None) -> tuple[pafs.FileSystem, str]:
-    """Like ``filesystem`` but self-contained when pickled to Ray workers.
+    """``filesystem`` for Ray workers: pass it as ``filesystem=`` to ``ray.data.read_*`` (or as Ray
+    Train's ``storage_filesystem``) with the returned path(s).
 
-    Ray workers started before the AWS environment was set do not see it and send unsigned requests
-    (403). For S3 this resolves the driver's credentials from the standard chain (via boto3) and
-    passes them explicitly, so the filesystem object carries them to the workers. Pass the result
-    as ``filesystem=`` to ``ray.data.read_*`` with the returned path(s).
+    The pickled S3 filesystem carries the driver's endpoint and region but no credentials: each worker
+    resolves its own from the standard AWS chain (its environment, its pod's Secret or role), so no
+    secret travels in task arguments or reaches spilled objects, and temporary credentials are
+    refreshed where they are used. Workers of a local Ray started by the job inherit the driver's
+    environment; a cluster's workers need their own (``infra/``). The driver checks that it has
+    credentials at all, so a missing setup fails here with a message, not in a worker with a 403.
     """
     if not is_s3(uri):
         return filesystem(uri)
     import boto3
 
-    settings = s3_settings(endpoint)
-    creds = boto3.session.Session().get_credentials()
-    if creds is None:
+    if boto3.session.Session().get_credentials() is None:
         raise PermissionError(
             f"no AWS credentials found for {uri!r}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
             "(or AWS_PROFILE / ~/.aws/credentials) in the environment"
         )
-    frozen = creds.get_frozen_credentials()
-    fs = pafs.S3FileSystem(
-        access_key=frozen.access_key,
-        secret_key=frozen.secret_key,
-        session_token=frozen.token,
-        **settings.pyarrow_kwargs(),
-    )
-    return fs, _s3_path(uri)
+    return filesystem(uri, endpoint)
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -198,8 +192,15 @@ def _log_retry(state: tenacity.RetryCallState) -> None:
                 state.attempt_number, RETRY_ATTEMPTS, exc)
 
 
+class StorageUnavailableError(ConnectionError):
+    """The S3 store did not answer (connection failures, timeouts, 5xx) through every retry."""
+
+
 def _retry(fn: Callable[[], T]) -> T:
-    """Call ``fn`` with the module's S3 retry policy; non-transient errors propagate at once."""
+    """Call ``fn`` with the module's S3 retry policy; non-transient errors propagate at once.
+
+    Raises ``StorageUnavailableError`` naming the endpoint when a transient error outlasts the retries.
+    """
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(_is_transient),
         stop=tenacity.stop_after_attempt(RETRY_ATTEMPTS),
@@ -207,7 +208,14 @@ def _retry(fn: Callable[[], T]) -> T:
         before_sleep=_log_retry,
         reraise=True,
     )
-    return retrying(fn)
+    try:
+        return retrying(fn)
+    except Exception as exc:
+        if not _is_transient(exc):
+            raise
+        endpoint = s3_settings().endpoint or "AWS S3"
+        raise StorageUnavailableError(f"S3 endpoint {endpoint} did not answer after {RETRY_ATTEMPTS} attempts "
+                                      f"({type(exc).__name__}: {exc})") from exc
 
 
 def _not_found(uri: str, exc: BaseException) -> FileNotFoundError:

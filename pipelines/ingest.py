@@ -39,11 +39,24 @@ from PIL import Image
 from tqdm import tqdm
 
 from hashing import storage
-from hashing.config import check_s3_endpoint
+from hashing.config import check_s3_endpoint, has_credentials
 from hashing.data.quarantine import BadInputError, BadKind, BadSample, Quarantine, TooManyBadSamplesError
-from hashing.data.schema import QUARANTINE_NAME, SPLITS, DatasetManifest, image_extension, manifest_uri
+from hashing.data.schema import (
+    QUARANTINE_NAME,
+    SPLITS,
+    DatasetManifest,
+    image_extension,
+    load_manifest,
+    manifest_uri,
+)
 from hashing.data.shards import DEFAULT_SHARD_SIZE, DatasetWriter, Record
-from hashing.data.transforms import ImageDecodeError, decode_image
+from hashing.data.transforms import (
+    MAX_IMAGE_PIXELS_ENV,
+    ImageDecodeError,
+    ImageTooLargeError,
+    decode_image,
+    max_image_pixels,
+)
 
 log = logging.getLogger("ingest")
 
@@ -69,6 +82,8 @@ class IngestArgs:
     overwrite: bool = False
     progress: bool = True
     s3_endpoint: str | None = None
+    unlabelled: bool = False
+    max_image_pixels: int | None = None
 
 
 def parse_args(argv: list[str] | None = None) -> IngestArgs:
@@ -89,9 +104,19 @@ def parse_args(argv: list[str] | None = None) -> IngestArgs:
                    help="fail when a larger fraction of the records is bad")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already at --output")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--unlabelled", action="store_true",
+                   help="folder source: allow a labels file without labels (no CSV column / JSON field)")
+    p.add_argument("--max-image-pixels", type=int, metavar="N",
+                   help=f"reject images of more than N pixels as too_large (default {max_image_pixels()}; "
+                   f"env {MAX_IMAGE_PIXELS_ENV})")
     p.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint (the storage.s3_endpoint "
                    "of the other jobs); default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS")
     a = p.parse_args(argv)
+    if has_credentials(a.output):
+        p.error("--output: the URI contains credentials (user:password@); give them through the environment "
+                "(AWS_* variables), never on the command line")
+    if a.max_image_pixels is not None and a.max_image_pixels < 1:
+        p.error(f"--max-image-pixels must be >= 1, got {a.max_image_pixels}")
     if a.source == "folder" and not a.labels:
         p.error("--source folder needs --labels FILE")
     if a.shard_size < 1:
@@ -143,55 +168,101 @@ def read_classes(spec: str | None, labels_file: Path) -> list[str]:
     return names
 
 
-def _rows(labels_file: Path) -> Iterator[tuple[str, dict | BadSample]]:
-    """``(location, row)`` per labels-file record; rows: ``{key, image, labels: list, tags: list, split}``."""
-    name = labels_file.name
+CSV_COLUMNS = ("key", "image", "labels", "tags", "split")
+
+
+def _rows(labels_file: Path, labelled: bool) -> Iterator[tuple[str, dict | BadSample]]:
+    """``(location, row)`` per labels-file record; rows: ``{key, image, labels: list, tags: list, split}``.
+
+    Raises ValueError naming the file when it is not UTF-8, has no records, or (CSV) its header lacks
+    ``image`` or, unless not ``labelled``, ``labels``, or has other columns than ``CSV_COLUMNS``.
+    """
+    count = 0
     with labels_file.open(newline="", encoding="utf-8") as f:
-        if labels_file.suffix.lower() == ".csv":
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or "image" not in reader.fieldnames:
-                raise ValueError(f"{labels_file}: CSV header must have the columns key,image,labels,tags[,split]; "
-                                 f"got {reader.fieldnames}")
-            for row in reader:
-                where = f"{name}:{reader.line_num}"
-                yield where, {"key": row.get("key") or None, "image": row.get("image") or "",
-                              "labels": [x for x in (row.get("labels") or "").split(";") if x.strip()],
-                              "tags": [x.strip() for x in (row.get("tags") or "").split(";") if x.strip()],
-                              "split": row.get("split") or None}
-            return
-        for lineno, line in enumerate(f, start=1):
-            where = f"{name}:{lineno}"
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield where, BadSample(BadKind.BAD_JSON, f"unreadable JSON line: {exc}", shard=where)
-                continue
-            if not isinstance(obj, dict) or not isinstance(obj.get("image"), str) \
-                    or not isinstance(obj.get("labels", []), list) or not isinstance(obj.get("tags", []), list):
-                yield where, BadSample(BadKind.BAD_JSON, 'expected {"image": str, "labels": [...], "tags": [...]}',
-                                       key=obj.get("key") if isinstance(obj, dict) else None, shard=where)
-                continue
-            yield where, {"key": obj.get("key"), "image": obj["image"], "labels": obj.get("labels", []),
-                          "tags": [str(t) for t in obj.get("tags", [])], "split": obj.get("split")}
+        rows = _csv_rows(f, labels_file, labelled) if labels_file.suffix.lower() == ".csv" \
+            else _jsonl_rows(f, labels_file.name, labelled)
+        try:
+            for item in rows:
+                count += 1
+                yield item
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{labels_file}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at "
+                             f"offset {exc.start} after {count} records); save the labels file as UTF-8") from None
+    if count == 0:
+        raise ValueError(f"no records in {labels_file}")
+
+
+def _csv_rows(f: io.TextIOBase, labels_file: Path, labelled: bool) -> Iterator[tuple[str, dict]]:
+    reader = csv.DictReader(f)
+    if reader.fieldnames is None:
+        return  # an empty file: _rows reports "no records"
+    header = [c.strip() for c in reader.fieldnames]
+    required = ["image", "labels"] if labelled else ["image"]
+    missing = [c for c in required if c not in header]
+    unknown = [c for c in header if c not in CSV_COLUMNS]
+    if missing or unknown:
+        hint = "" if not labelled or "labels" not in missing else \
+            " (pass --unlabelled to ingest images without labels)"
+        raise ValueError(f"{labels_file}: the CSV header must have the columns key,image,labels,tags[,split]; "
+                         f"got {header}: missing {missing}, unknown {unknown}{hint}")
+    reader.fieldnames = header
+    for row in reader:
+        yield f"{labels_file.name}:{reader.line_num}", {
+            "key": row.get("key") or None, "image": row.get("image") or "",
+            "labels": [x for x in (row.get("labels") or "").split(";") if x.strip()],
+            "tags": [x.strip() for x in (row.get("tags") or "").split(";") if x.strip()],
+            "split": row.get("split") or None}
+
+
+def _jsonl_rows(f: io.TextIOBase, name: str, labelled: bool) -> Iterator[tuple[str, dict | BadSample]]:
+    expected = '{"image": str, "labels": [...], "tags": [...]}'
+    for lineno, line in enumerate(f, start=1):
+        where = f"{name}:{lineno}"
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield where, BadSample(BadKind.BAD_JSON, f"unreadable JSON line: {exc}", shard=where)
+            continue
+        key = obj.get("key") if isinstance(obj, dict) else None
+        if not isinstance(obj, dict) or not isinstance(obj.get("image"), str) \
+                or not isinstance(obj.get("labels", []), list) or not isinstance(obj.get("tags", []), list):
+            yield where, BadSample(BadKind.BAD_JSON, f"expected {expected}", key=key, shard=where)
+            continue
+        if labelled and "labels" not in obj:
+            yield where, BadSample(BadKind.BAD_JSON, f'no "labels" field (fields: {sorted(obj)}); expected '
+                                   f"{expected}, or pass --unlabelled", key=key, shard=where)
+            continue
+        yield where, {"key": key, "image": obj["image"], "labels": obj.get("labels", []),
+                      "tags": [str(t) for t in obj.get("tags", [])], "split": obj.get("split")}
 
 
 def _default_key(image_path: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", image_path)
 
 
-def _label_indices(labels: list, classes: list[str]) -> list[int] | str:
-    """Class indices from indices or names; an unknown name is returned as the string itself."""
+@dataclass(frozen=True)
+class BadLabel:
+    """Why a record's labels were rejected (``bad_label`` or ``unknown_label``)."""
+
+    kind: BadKind
+    detail: str
+
+
+def _label_indices(labels: list, classes: list[str]) -> list[int] | BadLabel:
+    """Class indices from indices or names; the first label that is neither comes back as a ``BadLabel``."""
     out = []
     for x in labels:
+        if isinstance(x, bool) or not isinstance(x, (int, str)):
+            return BadLabel(BadKind.BAD_LABEL, f"label {x!r} is not a class index (int) or a class name (str)")
         text = str(x).strip()
-        if isinstance(x, int) or re.fullmatch(r"-?\d+", text):
+        if re.fullmatch(r"-?\d+", text):
             out.append(int(text))
         elif text in classes:
             out.append(classes.index(text))
         else:
-            return text
+            return BadLabel(BadKind.UNKNOWN_LABEL, f"label {text!r} is not a class index or one of {classes}")
     return out
 
 
@@ -211,31 +282,35 @@ def _load_image(folder: Path, rel: str, key: str, where: str) -> bytes | BadSamp
     try:
         return encode_png(decode_image(data, str(path)))
     except ImageDecodeError as exc:
-        return BadSample(BadKind.CORRUPT_IMAGE, str(exc), key=key, shard=where)
+        kind = BadKind.TOO_LARGE if isinstance(exc, ImageTooLargeError) else BadKind.CORRUPT_IMAGE
+        return BadSample(kind, str(exc), key=key, shard=where)
 
 
-def folder_source(labels_file: str, classes: list[str], default_split: str) -> Iterator[Record | BadSample]:
+def folder_source(labels_file: str, classes: list[str], default_split: str,
+                  labelled: bool = True) -> Iterator[Record | BadSample]:
     """Records (or bad records) from a labels file; image paths resolve against its folder.
 
-    Raises FileNotFoundError at once (before anything is written) when the labels file is missing.
+    ``labelled=False`` (``--unlabelled``) allows a CSV without a ``labels`` column and JSON Lines without
+    a ``labels`` field. Raises FileNotFoundError at once (before anything is written) when the labels
+    file is missing; ValueError (while reading) for the file-level problems of ``_rows``.
     """
     path = Path(labels_file)
     if not path.is_file():
         raise FileNotFoundError(f"labels file {labels_file!r} does not exist")
-    return _folder_records(path, classes, default_split)
+    return _folder_records(path, classes, default_split, labelled)
 
 
-def _folder_records(path: Path, classes: list[str], default_split: str) -> Iterator[Record | BadSample]:
+def _folder_records(path: Path, classes: list[str], default_split: str,
+                    labelled: bool) -> Iterator[Record | BadSample]:
     folder = path.parent.resolve()
-    for where, row in _rows(path):
+    for where, row in _rows(path, labelled):
         if isinstance(row, BadSample):
             yield row
             continue
         key = str(row["key"]) if row["key"] is not None else _default_key(row["image"])
         labels = _label_indices(row["labels"], classes)
-        if isinstance(labels, str):
-            yield BadSample(BadKind.UNKNOWN_LABEL, f"label {labels!r} is not a class index or one of {classes}",
-                            key=key, shard=where)
+        if isinstance(labels, BadLabel):
+            yield BadSample(labels.kind, labels.detail, key=key, shard=where)
             continue
         image = _load_image(folder, row["image"], key, where)
         if isinstance(image, BadSample):
@@ -265,23 +340,72 @@ def ingest(output: str, records: Iterable[Record | BadSample], *, name: str, cla
            progress: bool = True) -> IngestResult:
     """Validate ``records`` and write the dataset at ``output``; returns what was written.
 
-    Raises ``FileExistsError`` when ``output`` already has a ``dataset.json`` and not ``overwrite``
-    (with ``overwrite`` it is removed first, so readers never mix old and new shards),
-    ``BadInputError`` in strict mode, ``TooManyBadSamplesError`` past ``max_bad_fraction``.
+    With ``overwrite`` and a readable dataset already there, the new shards go beside the old ones (the
+    next generation folder, ``g1/``, ``g2/`` ...) and ``dataset.json`` is switched last: until the new
+    dataset is complete, and whenever the ingest fails, the old one stays readable as it was. The old
+    shards are removed after the switch.
+
+    Raises ``FileExistsError`` when ``output`` already has a ``dataset.json`` and not ``overwrite``,
+    ``BadInputError`` in strict mode, ``TooManyBadSamplesError`` past ``max_bad_fraction``,
+    ``StorageUnavailableError`` (naming the endpoint and what was written) when S3 stops answering.
     """
-    if storage.exists(manifest_uri(output)):
-        if not overwrite:
-            raise FileExistsError(f"{manifest_uri(output)} already exists; pass --overwrite to replace it")
-        storage.delete(manifest_uri(output))
-    quarantine = Quarantine(strict=strict, max_bad_fraction=max_bad_fraction)
-    writer = DatasetWriter(output, name, classes, tags, quarantine, shard_size, max_shard_bytes)
+    writer: DatasetWriter | None = None
     try:
-        for item in tqdm(records, total=total, unit="sample", desc="ingest", disable=not progress):
-            writer.add(item)
-    except BaseException:
-        writer.abort()
-        raise
-    return IngestResult(output, writer.close(), quarantine)
+        old = _replaced_dataset(output, overwrite)
+        quarantine = Quarantine(strict=strict, max_bad_fraction=max_bad_fraction)
+        writer = DatasetWriter(output, name, classes, tags, quarantine, shard_size, max_shard_bytes,
+                               prefix=_next_prefix(old) if old is not None else "")
+        try:
+            for item in tqdm(records, total=total, unit="sample", desc="ingest", disable=not progress):
+                writer.add(item)
+        except BaseException:
+            writer.abort()
+            raise
+        manifest = writer.close()
+    except TooManyBadSamplesError as exc:
+        kept = f"; the dataset already at {output} is unchanged" if writer.prefix else ""
+        raise TooManyBadSamplesError(f"{exc}. Report: {writer.quarantine_uri}{kept}") from None
+    except storage.StorageUnavailableError as exc:
+        written = writer.written() if writer is not None else []
+        listed = ", ".join(written[:5]) + (" ..." if len(written) > 5 else "")
+        raise storage.StorageUnavailableError(
+            f"{exc}. Written to {output} before that: {len(written)} shards{f' ({listed})' if written else ''}; "
+            "no dataset.json was written (a dataset already there is unchanged): rerun the ingest with "
+            "--overwrite once the store answers") from None
+    if old is not None:
+        _remove_old_shards(output, old, manifest)
+    return IngestResult(output, manifest, quarantine)
+
+
+def _replaced_dataset(output: str, overwrite: bool) -> DatasetManifest | None:
+    """The readable dataset at ``output`` that ``overwrite`` replaces, None when there is none (or it is
+    unreadable: nothing to keep). Raises ``FileExistsError`` when there is one and not ``overwrite``."""
+    if not storage.exists(manifest_uri(output)):
+        return None
+    if not overwrite:
+        raise FileExistsError(f"{manifest_uri(output)} already exists; pass --overwrite to replace it")
+    try:
+        return load_manifest(output)
+    except ValueError as exc:
+        log.warning("replacing an unreadable dataset: %s", exc)
+        return None
+
+
+def _next_prefix(old: DatasetManifest) -> str:
+    """The generation folder after ``old``'s: ``g1/`` after shards at the root, ``g3/`` after ``g2/``."""
+    paths = [s.path for split in old.splits.values() for s in split.shards]
+    match = re.match(r"g(\d+)/", paths[0]) if paths else None
+    return f"g{int(match.group(1)) + 1 if match else 1}/"
+
+
+def _remove_old_shards(output: str, old: DatasetManifest, new: DatasetManifest) -> None:
+    """Delete ``old``'s shards that ``new`` does not use (after the switch; a failure only leaves files)."""
+    keep = {s.path for split in new.splits.values() for s in split.shards}
+    for path in sorted({s.path for split in old.splits.values() for s in split.shards} - keep):
+        try:
+            storage.delete(storage.join(output, path))
+        except OSError as exc:
+            log.warning("could not remove the replaced shard %s: %s", path, exc)
 
 
 def summary_table(result: IngestResult) -> str:
@@ -307,7 +431,7 @@ def run(args: IngestArgs) -> IngestResult:
     else:
         labels_file = Path(args.labels)
         classes, tags = read_classes(args.classes, labels_file), None
-        records, total = folder_source(args.labels, classes, args.split), None
+        records, total = folder_source(args.labels, classes, args.split, labelled=not args.unlabelled), None
         name = args.name or labels_file.resolve().parent.name
     return ingest(args.output, records, name=name, classes=classes, tags=tags, total=total,
                   shard_size=args.shard_size, max_shard_bytes=args.max_shard_bytes, strict=args.strict,
@@ -319,9 +443,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     storage.use_s3_endpoint(args.s3_endpoint)
+    if args.max_image_pixels is not None:
+        os.environ[MAX_IMAGE_PIXELS_ENV] = str(args.max_image_pixels)
     try:
         result = run(args)
-    except (BadInputError, TooManyBadSamplesError, FileExistsError, FileNotFoundError, ValueError) as exc:
+    except (BadInputError, TooManyBadSamplesError, FileExistsError, FileNotFoundError, ValueError,
+            storage.StorageUnavailableError) as exc:
         log.error("%s", exc)
         return 2
     print(summary_table(result))

@@ -116,22 +116,33 @@ def test_s3_unreachable_endpoint_is_retried_then_raises(s3_env: str, fast_retrie
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")  # nothing listens there
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # boto3's own retries off: count ours
     with caplog.at_level(logging.WARNING, logger="hashing.storage"), \
-            pytest.raises(botocore.exceptions.EndpointConnectionError):
+            pytest.raises(storage.StorageUnavailableError,
+                          match=f"S3 endpoint http://127.0.0.1:{port} did not answer after 3 attempts") as exc:
         storage.write_bytes("s3://bucket/k", b"x")
+    assert isinstance(exc.value.__cause__, botocore.exceptions.EndpointConnectionError)
     assert caplog.text.count("retrying") == storage.RETRY_ATTEMPTS - 1
 
 
-def test_ray_filesystem_carries_credentials(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ray_filesystem_carries_no_credentials(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
     uri = storage.join(s3_bucket, "obj")
     storage.write_bytes(uri, b"payload")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "driver-only-secret-0123")
     fs, path = storage.ray_filesystem(uri)
-    shipped = pickle.loads(pickle.dumps(fs))
-    # A Ray worker started before the AWS variables were set does not see them.
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(var)
-    with shipped.open_input_stream(path) as f:
-        assert f.read() == b"payload"
     assert path == uri.removeprefix("s3://")
+    pickled = pickle.dumps(fs)
+    assert b"driver-only-secret-0123" not in pickled and b"testing" not in pickled
+    # A worker resolves its own credentials (here: its environment), and the endpoint travels with the object.
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    with pickle.loads(pickled).open_input_stream(path) as f:
+        assert f.read() == b"payload"
+
+
+def test_ray_filesystem_without_credentials_is_a_clear_error(s3_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var)
+    with pytest.raises(PermissionError, match="no AWS credentials found for 's3://b/x'"):
+        storage.ray_filesystem("s3://b/x")
 
 
 def _fail_upload_parts(monkeypatch: pytest.MonkeyPatch, error: Exception, times: int) -> dict:
@@ -216,7 +227,7 @@ def test_config_s3_endpoint_wins_over_the_environment(no_endpoint_env: str, s3_e
     monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "http://artifacts.example.org:9000")
     uri = storage.join(no_endpoint_env, "obj")
-    with pytest.raises(botocore.exceptions.EndpointConnectionError):
+    with pytest.raises(storage.StorageUnavailableError, match=dead):
         storage.write_bytes(uri, b"x")
     storage.use_s3_endpoint(s3_endpoint)
     storage.write_bytes(uri, b"x")

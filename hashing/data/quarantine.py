@@ -32,13 +32,15 @@ class BadKind(StrEnum):
     """Why a sample was rejected."""
 
     CORRUPT_IMAGE = "corrupt_image"  # image bytes that do not decode, or an unsupported format
+    TOO_LARGE = "too_large"  # image header claims more pixels than the limit (decompression bomb)
     MISSING_IMAGE = "missing_image"  # no image member in the sample, or the image file is missing
     BAD_JSON = "bad_json"  # unreadable JSON, or JSON without the expected fields/types
+    BAD_LABEL = "bad_label"  # a label that is neither a class index nor a class name (true, 1.5, {})
     LABEL_OUT_OF_RANGE = "label_out_of_range"  # class index outside [0, number of classes)
     UNKNOWN_LABEL = "unknown_label"  # class name not in the dataset's classes
     UNKNOWN_SPLIT = "unknown_split"  # split other than train / query / database
     DUPLICATE_KEY = "duplicate_key"  # second and later occurrences of a key in the dataset
-    BAD_KEY = "bad_key"  # key that is empty or has characters outside [A-Za-z0-9_-]
+    BAD_KEY = "bad_key"  # key that is empty or has characters outside [A-Za-z0-9_-] (tar members too)
     BAD_PATH = "bad_path"  # image path that is absolute or escapes the labels file's folder
     BAD_MEMBER = "bad_member"  # tar member that is not a regular file or has no extension
     TRUNCATED_TAR = "truncated_tar"  # tar ends early: the samples before it are kept

@@ -41,9 +41,16 @@ import numpy as np
 
 from hashing import storage
 from hashing.data.quarantine import BadInputError, BadKind, BadSample, Quarantine
-from hashing.data.schema import IMAGE_EXTENSIONS, SampleError, ShardInfo, load_manifest, parse_sample_json
+from hashing.data.schema import (
+    IMAGE_EXTENSIONS,
+    KEY_PATTERN,
+    SampleError,
+    ShardInfo,
+    load_manifest,
+    parse_sample_json,
+)
 from hashing.data.tags import TagVocabulary
-from hashing.data.transforms import ImageDecodeError, decode_image
+from hashing.data.transforms import ImageDecodeError, ImageTooLargeError, decode_image
 
 if TYPE_CHECKING:
     import ray.data
@@ -89,7 +96,8 @@ def decode_sample(raw: dict, shard: str, classes: int, preprocess: Preprocess | 
     try:
         image = decode_image(raw[ext], f"{shard}:{key}.{ext}")
     except ImageDecodeError as exc:
-        return BadSample(BadKind.CORRUPT_IMAGE, str(exc), key=key, shard=shard)
+        kind = BadKind.TOO_LARGE if isinstance(exc, ImageTooLargeError) else BadKind.CORRUPT_IMAGE
+        return BadSample(kind, str(exc), key=key, shard=shard)
     multi_hot = np.zeros(classes, dtype=np.float32)
     multi_hot[labels] = 1.0
     return {
@@ -104,10 +112,12 @@ def iter_shard(stream: BinaryIO, shard: str) -> Iterator[dict | BadSample]:
     """Group a tar stream's members into WebDataset-style samples (``{"__key__": ..., ext: bytes}``).
 
     Consecutive members with the same key form a sample. Non-file members, names without an
-    extension and repeated members are reported as ``bad_member``. A tar that cannot be read to the
+    extension and repeated members are reported as ``bad_member``; keys outside ``KEY_PATTERN``
+    (``../../x``, ``/tmp/abs``) as ``bad_key``. A tar that cannot be read to the
     end yields one ``truncated_tar`` record (key = the sample in progress) after the samples before it.
     """
     current: dict | None = None
+    bad_key: str | None = None
     done = 0
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
@@ -120,6 +130,12 @@ def iter_shard(stream: BinaryIO, shard: str) -> Iterator[dict | BadSample]:
                                     "named key.ext", key=match.group(1) if match else None, shard=shard)
                     continue
                 key, ext = match.group(1), match.group(2).lower()
+                if not KEY_PATTERN.fullmatch(key):
+                    if key != bad_key:  # one record per sample, not per member
+                        yield BadSample(BadKind.BAD_KEY, f"tar member {member.name!r}: the key must match "
+                                        f"{KEY_PATTERN.pattern}", key=key, shard=shard)
+                    bad_key = key
+                    continue
                 if current is not None and current["__key__"] != key:
                     yield current
                     done += 1

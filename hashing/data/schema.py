@@ -31,6 +31,9 @@ SCHEMA_VERSION = 1
 SPLITS = ("train", "query", "database")
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# A shard path relative to the dataset root: folders and a .tar file, no segment starting with a dot
+# (so no ``..``), no leading ``/``; it always stays inside the root.
+SHARD_PATH_PATTERN = re.compile(r"(?:[A-Za-z0-9_-][A-Za-z0-9_.-]*/)*[A-Za-z0-9_-][A-Za-z0-9_.-]*\.tar")
 MANIFEST_NAME = "dataset.json"
 QUARANTINE_NAME = "quarantine.json"
 
@@ -60,6 +63,14 @@ class ShardInfo(BaseModel):
     samples: int = Field(ge=0)
     bytes: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("path")
+    @classmethod
+    def _inside_root(cls, v: str) -> str:
+        if not SHARD_PATH_PATTERN.fullmatch(v):
+            raise ValueError(f"shard path {v!r} must be a relative path inside the dataset root "
+                             "(like train/shard-000000.tar: no '..', no leading '/')")
+        return v
 
 
 class SplitInfo(BaseModel):

@@ -42,9 +42,10 @@ log = logging.getLogger(__name__)
 DEFAULT_SHARD_SIZE = 1000
 
 
-def shard_path(split: str, index: int) -> str:
-    """Path of shard ``index`` of ``split`` relative to the dataset root: ``train/shard-000003.tar``."""
-    return f"{split}/shard-{index:06d}.tar"
+def shard_path(split: str, index: int, prefix: str = "") -> str:
+    """Path of shard ``index`` of ``split`` relative to the dataset root: ``train/shard-000003.tar``
+    (``g2/train/shard-000003.tar`` with ``prefix="g2/"``, a generation written beside an older one)."""
+    return f"{prefix}{split}/shard-{index:06d}.tar"
 
 
 class _HashingFile:
@@ -70,13 +71,14 @@ class ShardWriter:
         shard_size: samples per shard (the last shard may hold fewer).
         max_shard_bytes: also start a new shard before one would grow past this many bytes
             (a shard always holds at least one sample); None for no byte limit.
+        prefix: folder(s) in front of ``{split}/`` (``"g2/"``; see ``shard_path``).
     """
 
     def __init__(self, root: str, split: str, shard_size: int = DEFAULT_SHARD_SIZE,
-                 max_shard_bytes: int | None = None) -> None:
+                 max_shard_bytes: int | None = None, prefix: str = "") -> None:
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-        self.root, self.split = root, split
+        self.root, self.split, self.prefix = root, split, prefix
         self.shard_size, self.max_shard_bytes = shard_size, max_shard_bytes
         self.shards: list[ShardInfo] = []
         self._tmpdir = tempfile.mkdtemp(prefix="hashing-shard-")
@@ -110,13 +112,13 @@ class ShardWriter:
             self._tar.addfile(info, io.BytesIO(data))
         self._count += 1
         self._payload += size
-        return shard_path(self.split, len(self.shards))
+        return shard_path(self.split, len(self.shards), self.prefix)
 
     def _finish_shard(self) -> None:
         assert self._tar is not None and self._file is not None and self._hashing is not None
         self._tar.close()
         self._file.close()
-        rel = shard_path(self.split, len(self.shards))
+        rel = shard_path(self.split, len(self.shards), self.prefix)
         storage.put_file(self._file.name, storage.join(self.root, rel))
         self.shards.append(ShardInfo(path=rel, samples=self._count, bytes=self._hashing.size,
                                      sha256=self._hashing.sha.hexdigest()))
@@ -169,15 +171,17 @@ class DatasetWriter:
         tags: tag vocabulary, or None to build it at ``close`` from the tags of the accepted samples
             (sorted unique; None when there are none).
         quarantine: where bad records go (strict mode and the bad-fraction limit live there).
-        shard_size, max_shard_bytes: see ``ShardWriter``.
+        shard_size, max_shard_bytes, prefix: see ``ShardWriter``. With a ``prefix`` (a new generation
+            beside an older dataset), the quarantine report also goes to ``{root}/{prefix}quarantine.json``
+            first, so a failed run does not replace the report of the dataset in use.
     """
 
     def __init__(self, root: str, name: str, classes: list[str], tags: list[str] | None,
                  quarantine: Quarantine, shard_size: int = DEFAULT_SHARD_SIZE,
-                 max_shard_bytes: int | None = None) -> None:
+                 max_shard_bytes: int | None = None, prefix: str = "") -> None:
         self.root, self.name, self.classes, self.tags = root, name, list(classes), tags
         self.quarantine = quarantine
-        self.shard_size, self.max_shard_bytes = shard_size, max_shard_bytes
+        self.shard_size, self.max_shard_bytes, self.prefix = shard_size, max_shard_bytes, prefix
         self._writers: dict[str, ShardWriter] = {}
         self._seen: dict[str, str] = {}
         self._tag_words: set[str] = set()
@@ -195,7 +199,7 @@ class DatasetWriter:
         writer = self._writers.get(item.split)
         if writer is None:
             writer = self._writers[item.split] = ShardWriter(
-                self.root, item.split, self.shard_size, self.max_shard_bytes)
+                self.root, item.split, self.shard_size, self.max_shard_bytes, self.prefix)
         ext = image_extension(item.image)
         writer.write(item.key, {ext: item.image, "json": sample_json(item.labels, item.tags)})
         self._seen[item.key] = item.source
@@ -223,20 +227,31 @@ class DatasetWriter:
     def close(self) -> DatasetManifest:
         """Finish the shards, write ``quarantine.json``, check the bad fraction, write ``dataset.json``.
 
-        Raises ``TooManyBadSamplesError`` (after writing ``quarantine.json``, without ``dataset.json``)
-        when too many records were bad.
+        Raises ``TooManyBadSamplesError`` (after writing the report, ``quarantine_uri``, without
+        ``dataset.json``) when too many records were bad.
         """
         try:
             splits = {name: self._writers[name].close() for name in SPLITS if name in self._writers}
         except BaseException:
             self.abort()
             raise
-        self.quarantine.write(storage.join(self.root, QUARANTINE_NAME))
+        self.quarantine.write(self.quarantine_uri)
         self.quarantine.check()
+        if self.prefix:
+            self.quarantine.write(storage.join(self.root, QUARANTINE_NAME))
         tags = self.tags if self.tags is not None else (sorted(self._tag_words) or None)
         manifest = DatasetManifest.build(self.name, self.classes, tags, splits)
         write_manifest(self.root, manifest)
         return manifest
+
+    @property
+    def quarantine_uri(self) -> str:
+        """Where ``close`` writes the quarantine report first: ``{root}/{prefix}quarantine.json``."""
+        return storage.join(self.root, self.prefix + QUARANTINE_NAME)
+
+    def written(self) -> list[str]:
+        """The shard paths uploaded so far (relative to the root), in write order per split."""
+        return [s.path for w in self._writers.values() for s in w.shards]
 
     def abort(self) -> None:
         """Drop unfinished shards and temporary files; no ``dataset.json`` is written."""

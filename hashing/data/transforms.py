@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,14 +15,59 @@ class ImageDecodeError(ValueError):
     """Bytes that are not a readable image; the message names the item."""
 
 
-def decode_image(data: bytes, name_for_errors: str) -> np.ndarray:
-    """Decode PNG/JPEG/WebP ``data`` into uint8[H, W, 3] RGB."""
+class ImageTooLargeError(ImageDecodeError):
+    """An image whose header claims more pixels than the limit (a decompression bomb, or just huge)."""
+
+
+# Pixels (width x height) an image may have; above it the image is rejected before it is decoded.
+# 8192 x 8192 by default; the environment variable (e.g. set by ``ingest.py --max-image-pixels``) changes
+# it for this process and the processes it starts, local Ray workers included. Pillow's own hard limit
+# (2 x ``PIL.Image.MAX_IMAGE_PIXELS``, about 179 million pixels) still applies above it.
+DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
+MAX_IMAGE_PIXELS_ENV = "HASHING_MAX_IMAGE_PIXELS"
+
+
+def max_image_pixels() -> int:
+    """The pixel limit: ``HASHING_MAX_IMAGE_PIXELS`` if set, else ``DEFAULT_MAX_IMAGE_PIXELS``."""
+    text = os.environ.get(MAX_IMAGE_PIXELS_ENV)
+    if not text:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{MAX_IMAGE_PIXELS_ENV} must be a positive whole number of pixels, got {text!r}")
+    return int(text)
+
+
+def decode_image(data: bytes, name_for_errors: str, max_pixels: int | None = None) -> np.ndarray:
+    """Decode PNG/JPEG/WebP ``data`` into uint8[H, W, 3] RGB.
+
+    16-bit (and 32-bit integer) grey images are scaled to 8 bits (``v * 255 / 65535``), not clipped.
+    Raises ``ImageTooLargeError`` when the header claims more than ``max_pixels`` pixels (default:
+    ``max_image_pixels()``), before any pixel is decoded; ``ImageDecodeError`` for unreadable bytes.
+    """
+    limit = max_pixels if max_pixels is not None else max_image_pixels()
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
+            with Image.open(io.BytesIO(data)) as img:
+                if img.width * img.height > limit:
+                    raise ImageTooLargeError(f"{name_for_errors}: {img.width} x {img.height} pixels, more than "
+                                             f"the limit of {limit} ({MAX_IMAGE_PIXELS_ENV})")
+                img.load()
+                return _to_rgb8(img)
+    except Image.DecompressionBombError as exc:  # Pillow's own hard limit, 2 x Image.MAX_IMAGE_PIXELS
+        raise ImageTooLargeError(f"{name_for_errors}: {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, ImageDecodeError):
+            raise
         raise ImageDecodeError(f"{name_for_errors}: not a readable image ({len(data)} bytes): {exc}") from None
+
+
+def _to_rgb8(img: Image.Image) -> np.ndarray:
+    """uint8[H, W, 3] of a loaded image; 16/32-bit integer grey is scaled down to 8 bits first."""
+    if img.mode.startswith("I"):  # "I;16", "I;16B", "I" (16-bit PNGs load as one of these)
+        wide = np.asarray(img).astype(np.float64)
+        img = Image.fromarray(np.clip(np.rint(wide * (255.0 / 65535.0)), 0, 255).astype(np.uint8))
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 def to_rgb_array(image: np.ndarray | Image.Image) -> np.ndarray:

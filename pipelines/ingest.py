@@ -147,7 +147,7 @@ def builtin_source(preset: str, seed: int) -> tuple[list[str], list[str], int, I
 
     def records() -> Iterator[Record]:
         for split in SPLITS:
-            for i, s in enumerate(builtin_samples(split, sizes[split], seed)):
+            for i, s in enumerate(builtin_samples(split, sizes[split], seed, preset=preset)):
                 yield Record(split=split, key=s.key, image=encode_png(s.image), labels=list(s.labels),
                              tags=list(s.tags), source=f"builtin:{split}#{i}")
 

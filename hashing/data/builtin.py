@@ -9,6 +9,12 @@ another class's word) with probability 0.1; repeated words are kept once, in the
 Splits: ``train`` draws items from Fashion-MNIST's train part; ``query`` from test images
 [0, 2000) and ``database`` from test images [2000, 10000), so no source image is in both.
 Everything is deterministic from ``(split, seed)``.
+
+The ``single`` preset is the single-label variant (the CIFAR-10 protocol of the hashing papers):
+one item per image, the 28x28 item upscaled 2x to the same 56x56 image size, one class label,
+class-balanced splits (train 500 and query 100 per class; database: every test image of
+[2000, 10000), each once), items drawn without replacement within a split; tags as above for
+that one item. Pass ``preset="single"`` to ``builtin_samples`` (``preset_samples`` does it).
 """
 
 from __future__ import annotations
@@ -44,7 +50,10 @@ PRESETS: dict[str, dict[str, int]] = {
     "default": {"train": 5000, "query": 1000, "database": 20000},
     "small": {"train": 2000, "query": 500, "database": 5000},
     "tiny": {"train": 256, "query": 64, "database": 512},
+    "single": {"train": 5000, "query": 1000, "database": 8000},
 }
+# Presets of one item (one label) per image; the others are multi-label mosaics.
+SINGLE_LABEL_PRESETS = frozenset({"single"})
 SPLITS = ("train", "query", "database")
 # split -> (Fashion-MNIST part, first source index, end source index)
 _SOURCES = {"train": ("train", 0, 60000), "query": ("test", 0, 2000), "database": ("test", 2000, 10000)}
@@ -80,14 +89,46 @@ def _tags(rng: np.random.Generator, classes: list[int]) -> list[str]:
     return list(dict.fromkeys(kept))
 
 
-def builtin_samples(split: str, size: int, seed: int = 0) -> Iterator[Sample]:
-    """Yield ``size`` mosaics of ``split`` (train / query / database), deterministic from (split, seed)."""
+def preset_samples(preset: str, split: str, seed: int = 0) -> Iterator[Sample]:
+    """Every sample of ``split`` of built-in ``preset`` (its size from ``PRESETS``)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown built-in preset {preset!r}; allowed: {', '.join(sorted(PRESETS))}")
+    return builtin_samples(split, PRESETS[preset][split], seed, preset=preset)
+
+
+def _single_samples(split: str, size: int, seed: int, images: np.ndarray, labels: np.ndarray,
+                    start: int, end: int) -> Iterator[Sample]:
+    """One upscaled item per image, classes balanced (cyclic, then shuffled), sources without replacement."""
+    rng = np.random.default_rng([seed, _SPLIT_IDS[split], 1])
+    classes = rng.permutation(np.arange(size) % len(CLASSES))
+    pools = {}
+    for c in range(len(CLASSES)):
+        pool = np.flatnonzero(labels[start:end] == c) + start
+        need = int((classes == c).sum())
+        pools[c] = list(rng.choice(pool, need, replace=need > len(pool)))
+    for i, c in enumerate(classes):
+        src = int(pools[int(c)].pop())
+        yield Sample(
+            key=f"{split}-{i:07d}",
+            image=np.kron(images[src], np.ones((2, 2), dtype=np.uint8)),
+            labels=[int(labels[src])],
+            tags=_tags(rng, [int(labels[src])]),
+            sources=(src,),
+        )
+
+
+def builtin_samples(split: str, size: int, seed: int = 0, preset: str | None = None) -> Iterator[Sample]:
+    """Yield ``size`` samples of ``split`` (train / query / database), deterministic from (split, seed):
+    mosaics, or single items when ``preset`` is one of ``SINGLE_LABEL_PRESETS``."""
     if split not in _SOURCES:
         raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     if size < 0:
         raise ValueError(f"size must be >= 0, got {size}")
     part, start, end = _SOURCES[split]
     images, labels = load_fashion_mnist(part)
+    if preset in SINGLE_LABEL_PRESETS:
+        yield from _single_samples(split, size, seed, images, labels, start, end)
+        return
     rng = np.random.default_rng([seed, _SPLIT_IDS[split]])
     for i in range(size):
         count = int(rng.integers(1, 5))

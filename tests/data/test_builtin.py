@@ -77,3 +77,27 @@ def test_presets_have_the_documented_default_sizes():
 def test_missing_package_files_name_the_fix(tmp_path):
     with pytest.raises(FashionMNISTMissing, match="dataset-fashion-mnist"):
         load_fashion_mnist("train", root=str(tmp_path))
+
+
+def test_single_preset_is_one_balanced_label_per_image_without_repeats():
+    from hashing.data.builtin import PRESETS, SINGLE_LABEL_PRESETS, preset_samples
+
+    assert "single" in SINGLE_LABEL_PRESETS and PRESETS["single"]["database"] == 8000
+    query = list(preset_samples("single", "query"))
+    assert len(query) == 1000
+    assert all(len(s.labels) == 1 and len(s.sources) == 1 for s in query)
+    counts = np.bincount([s.labels[0] for s in query], minlength=10)
+    assert counts.tolist() == [100] * 10  # CIFAR-10 protocol: 100 queries per class
+    assert len({s.sources[0] for s in query}) == 1000  # no image twice
+    first = query[0]
+    assert first.image.shape == (56, 56) and first.image.dtype == np.uint8
+    from hashing.data.fashion_mnist import load_fashion_mnist
+
+    images, labels = load_fashion_mnist("test")
+    np.testing.assert_array_equal(first.image[::2, ::2], images[first.sources[0]])  # the item, upscaled 2x
+    assert first.labels == [int(labels[first.sources[0]])]
+    again = list(preset_samples("single", "query"))
+    assert [s.key for s in again] == [s.key for s in query] and np.array_equal(again[5].image, query[5].image)
+    # the mosaic presets are unchanged by the option
+    mosaic = next(iter(preset_samples("tiny", "query")))
+    assert mosaic.key == "query-0000000"

@@ -44,11 +44,16 @@ TRAIN_DATASET = "train"
 SHUFFLE_BUFFER_BATCHES = 4
 
 
-def build_training_method(config: Config, num_classes: int, tag_vocab_size: int) -> HashingMethod:
+def build_training_method(config: Config, num_classes: int, tag_vocab_size: int,
+                          tag_vocabulary: list[str] | None = None) -> HashingMethod:
     """The method ``config.method`` over ``config.model`` for a dataset of ``num_classes`` classes and
-    ``tag_vocab_size`` tag words, initialised from ``config.run.seed`` (identical on every worker)."""
+    ``tag_vocab_size`` tag words, initialised from ``config.run.seed`` (identical on every worker).
+
+    ``tag_vocabulary``: the tag words, for a method that embeds them (DSMHN with
+    ``text_encoder: minilm``: ``set_tag_vocabulary``); a loaded model gets them from its state dict.
+    """
     torch.manual_seed(config.run.seed)
-    return build_method(
+    method = build_method(
         config.method.name,
         backbone=build_backbone(config.model.backbone, pretrained=bool(config.model.pretrained),
                                 spatial_grid=config.model.spatial_grid),
@@ -57,6 +62,9 @@ def build_training_method(config: Config, num_classes: int, tag_vocab_size: int)
         tag_vocab_size=tag_vocab_size,
         **config.method.params,
     )
+    if tag_vocabulary is not None and hasattr(method, "set_tag_vocabulary"):
+        method.set_tag_vocabulary(list(tag_vocabulary))
+    return method
 
 
 @dataclass
@@ -221,7 +229,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     Args:
         loop_config: ``{"config": resolved config as a dict (``config_to_dict``), "num_classes": c,
-            "tag_vocab_size": V, "train_samples": rows of the train split (sizes ``lr_decays``)}``.
+            "tag_vocab_size": V, "train_samples": rows of the train split (sizes ``lr_decays``),
+            "tag_vocabulary": the V tag words (optional)}``.
 
     Returns:
         (rank 0's is ``Result.return_value``) ``{"epoch_losses": [row per epoch, see ``run_epoch``],
@@ -233,7 +242,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     config = validate_config(loop_config["config"], "train loop config")
     device = ray.train.torch.get_device()
-    method = build_training_method(config, loop_config["num_classes"], loop_config["tag_vocab_size"])
+    method = build_training_method(config, loop_config["num_classes"], loop_config["tag_vocab_size"],
+                                   loop_config.get("tag_vocabulary"))
     state = make_train_state(method, config, device, total_steps(config, loop_config.get("train_samples", 0)))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:

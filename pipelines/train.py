@@ -223,6 +223,7 @@ def fit(config: Config, manifest: DatasetManifest, train_data, run_name: str):
             "num_classes": len(manifest.classes),
             "tag_vocab_size": len(manifest.tags or []),
             "train_samples": manifest.splits[TRAIN_DATASET].samples,
+            "tag_vocabulary": list(manifest.tags or []),
         },
         scaling_config=ScalingConfig(num_workers=config.train.num_workers, use_gpu=config.train.use_gpu,
                                      resources_per_worker=resources),

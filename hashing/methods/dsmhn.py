@@ -17,6 +17,8 @@ from hashing.methods.distributed import gather, gather_with_grad, world
 from hashing.models.backbone import Backbone
 
 SIMILARITY_LOSSES = ("nll", "squared", "contrastive")
+TEXT_ENCODERS = ("bow", "minilm")
+MINILM_DIM = 384
 
 
 def similarity_pair_loss(
@@ -71,6 +73,16 @@ class DSMHN(HashingMethod):
 
     lambda = gamma = eta = 1. Retrieval codes: sign(F) for images, sign(G) for texts.
 
+    Text encoders (``text_encoder``, a config choice): ``bow`` (default, as the papers) feeds the
+    bag-of-words tags float[b, V] to the MLP V -> ``text_hidden`` -> K. ``minilm`` [recon] feeds it
+    the MiniLM (all-MiniLM-L6-v2, frozen) sentence embeddings of the item's tags instead: each
+    vocabulary word is embedded once (``tag_embeddings`` float[V, 384], a buffer, so it is saved
+    with the model and a loaded model needs neither the vocabulary nor the MiniLM package), and an
+    item's text vector is the L2-normalised mean of its tags' embeddings, BoW E / |BoW|. It works
+    from the same bag-of-words batch as ``bow`` (the text search path is unchanged) and puts
+    synonyms ("sneaker", "trainers") near each other before any training. The vocabulary is given
+    with ``set_tag_vocabulary(words)`` (the training job does it from ``dataset.json``'s ``tags``).
+
     Sharded data (DDP): J_sim pairs local images with the gathered texts of every worker and the
     gathered images with the local texts (gathered sides without gradient); the sum of both blocks
     has exactly this worker's share of the global-batch gradient, and half of it is the loss value.
@@ -94,6 +106,7 @@ class DSMHN(HashingMethod):
         eta: float = 1.0,
         text_hidden: int = 8192,
         margin: float = 0.5,
+        text_encoder: str = "bow",
     ) -> None:
         super().__init__(backbone, bits, num_classes, tag_vocab_size, pretrained_lr_scale)
         if tag_vocab_size <= 0:
@@ -104,14 +117,21 @@ class DSMHN(HashingMethod):
             raise ValueError(
                 f"unknown similarity_loss {similarity_loss!r}; allowed: {', '.join(SIMILARITY_LOSSES)}"
             )
+        if text_encoder not in TEXT_ENCODERS:
+            raise ValueError(f"unknown text_encoder {text_encoder!r}; allowed: {', '.join(TEXT_ENCODERS)}")
+        self.text_encoder = text_encoder
         self.similarity_loss = similarity_loss
         self.lam = lam
         self.gamma = gamma
         self.eta = eta
         self.margin = margin
         self.image_head = nn.Linear(backbone.feature_dim, bits)
+        text_in = tag_vocab_size
+        if text_encoder == "minilm":
+            text_in = MINILM_DIM
+            self.register_buffer("tag_embeddings", torch.zeros(tag_vocab_size, MINILM_DIM))
         self.text_net = nn.Sequential(
-            nn.Linear(tag_vocab_size, text_hidden), nn.ReLU(), nn.Linear(text_hidden, bits)
+            nn.Linear(text_in, text_hidden), nn.ReLU(), nn.Linear(text_hidden, bits)
         )
         self.classifier = nn.Linear(bits, num_classes)
 
@@ -119,13 +139,36 @@ class DSMHN(HashingMethod):
         """Image codes F float32[b, K] (linear output)."""
         return self.image_head(self.backbone(images).global_)
 
+    def set_tag_vocabulary(self, words: list[str], encoder=None) -> None:
+        """Embed each tag word with MiniLM into ``tag_embeddings`` (``text_encoder="minilm"``; no-op for ``bow``).
+
+        ``encoder``: a ``hashing.models.text.MiniLMEncoder`` (default: load the packaged one).
+        """
+        if self.text_encoder != "minilm":
+            return
+        if len(words) != self.tag_vocab_size:
+            raise ValueError(f"DSMHN has {self.tag_vocab_size} tag words, got a vocabulary of {len(words)}")
+        if encoder is None:
+            from hashing.models.text import MiniLMEncoder
+
+            encoder = MiniLMEncoder()
+        emb = torch.as_tensor(encoder.encode(list(words)), dtype=torch.float32)
+        self.tag_embeddings.copy_(emb.to(self.tag_embeddings.device))
+
+    def text_features(self, tags: torch.Tensor) -> torch.Tensor:
+        """The text net's input: the bag of words itself (``bow``) or the mean MiniLM tag embedding (``minilm``)."""
+        tags = tags.float()
+        if self.text_encoder == "bow":
+            return tags
+        return nnf.normalize(tags @ self.tag_embeddings, dim=1)
+
     def encode_text(self, tags: torch.Tensor) -> torch.Tensor:
         """Text codes G float32[b, K] from bag-of-words ``tags`` float32[b, V]."""
         if tags.ndim != 2 or tags.shape[1] != self.tag_vocab_size:
             raise ValueError(
                 f"DSMHN expects tags float[b, {self.tag_vocab_size}], got shape {tuple(tags.shape)}"
             )
-        return self.text_net(tags.float())
+        return self.text_net(self.text_features(tags))
 
     def forward(self, batch: Batch, phase: str = "main") -> dict[str, torch.Tensor]:
         """``{"loss", "sim", "label", "quant", "bal"}`` scalars for the local rows of the global batch."""

@@ -166,3 +166,40 @@ def test_image_to_text_retrieval_after_training():
     fit(method, lambda epoch: [batch], epochs=30, lr=1e-3)
     after = cross_modal_map()
     assert after > 0.6 and after > before + 0.2, (before, after)
+
+
+def test_minilm_text_encoder_embeds_the_tags_and_saves_them_with_the_model():
+    from hashing.models.text import MiniLMEncoder
+
+    words = ["sneaker", "trainers", "handbag", "purse", "coat", "sale"]
+    torch.manual_seed(0)
+    method = DSMHN(CachedFeatures(8, 0), bits=16, num_classes=3, tag_vocab_size=len(words), text_hidden=32,
+                   text_encoder="minilm")
+    assert method.text_net[0].in_features == 384
+    method.set_tag_vocabulary(words, MiniLMEncoder())
+    bow = torch.eye(len(words))
+    feats = method.text_features(bow)
+    assert feats.shape == (6, 384) and torch.allclose(feats.norm(dim=1), torch.ones(6), atol=1e-5)
+    cos = feats @ feats.T
+    # synonyms are closer before any training than unrelated words
+    assert cos[0, 1] > cos[0, 2] and cos[2, 3] > cos[2, 4]
+    # two tags: the normalised mean of their embeddings
+    both = method.text_features(bow[0:1] + bow[2:3])
+    torch.testing.assert_close(both, nnf.normalize(feats[0:1] + feats[2:3], dim=1), rtol=1e-5, atol=1e-6)
+    # the embeddings are in the state dict: a model rebuilt without the vocabulary encodes the same
+    fresh = DSMHN(CachedFeatures(8, 0), bits=16, num_classes=3, tag_vocab_size=len(words), text_hidden=32,
+                  text_encoder="minilm")
+    fresh.load_state_dict(method.state_dict(), strict=True)
+    torch.testing.assert_close(fresh.encode_text(bow), method.encode_text(bow))
+    batch = {"image": torch.randn(6, 8), "labels": torch.eye(3)[[0, 0, 1, 1, 2, 2]], "tags": bow}
+    assert torch.isfinite(method(batch)["loss"])
+    with pytest.raises(ValueError, match="text_encoder"):
+        DSMHN(CachedFeatures(8, 0), bits=16, num_classes=3, tag_vocab_size=4, text_encoder="bert")
+
+
+def test_bow_text_encoder_is_unchanged_and_ignores_the_vocabulary():
+    method = DSMHN(CachedFeatures(8, 0), bits=16, num_classes=3, tag_vocab_size=5, text_hidden=32)
+    method.set_tag_vocabulary(["a", "b"])  # no-op for bag-of-words (no MiniLM load, no size check)
+    assert "tag_embeddings" not in method.state_dict() and method.text_net[0].in_features == 5
+    tags = torch.eye(5)
+    torch.testing.assert_close(method.text_features(tags), tags)

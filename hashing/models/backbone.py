@@ -63,5 +63,50 @@ class Backbone(nn.Module):
             return x.mean(dim=(2, 3))
         return nnf.adaptive_avg_pool2d(x, self.spatial_grid).flatten(1)
 
+    def trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """The early layers up to and including the stage ``Features.spatial`` pools: a map float[b, C, h, w].
+
+        With ``from_trunk``, ``from_trunk(trunk(x)) == forward(x)``; the quality benchmark caches the
+        trunk's output once and trains only the rest (``CachedTrunk``).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no trunk / from_trunk split")
+
+    def from_trunk(self, x: torch.Tensor) -> Features:
+        """The rest of the network on a ``trunk`` output ``x``; ``spatial`` is ``pool_spatial(x)``."""
+        raise NotImplementedError(f"{type(self).__name__} has no trunk / from_trunk split")
+
+    def trunk_parameters(self) -> list[nn.Parameter]:
+        """Parameters used by ``trunk`` (frozen by ``CachedTrunk``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no trunk / from_trunk split")
+
     def forward(self, images: torch.Tensor) -> Features:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class CachedTrunk(Backbone):
+    """A backbone whose frozen early layers ran ahead of time: the input is ``backbone.trunk(images)``
+    float[b, C, h, w] (cached once), ``forward`` runs ``backbone.from_trunk`` (the trainable later
+    stages and the head). Holds the whole backbone, so its state dict is the backbone's; the trunk's
+    parameters are frozen (``requires_grad=False``) and never run here.
+    """
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self.inner = backbone
+        self.feature_dim = backbone.feature_dim
+        self.spatial_channels = backbone.spatial_channels
+        self.spatial_grid = backbone.spatial_grid
+        self.mean, self.std = backbone.mean, backbone.std
+        self.pretrained = backbone.pretrained
+        for param in backbone.trunk_parameters():
+            param.requires_grad_(False)
+
+    def set_spatial_grid(self, grid: int) -> Backbone:
+        super().set_spatial_grid(grid)
+        self.inner.set_spatial_grid(grid)
+        return self
+
+    def forward(self, images: torch.Tensor) -> Features:
+        if images.ndim != 4:
+            raise ValueError(f"CachedTrunk expects trunk outputs float[b, C, h, w], got shape {tuple(images.shape)}")
+        return self.inner.from_trunk(images)

@@ -133,6 +133,18 @@ class EfficientNetLite0(Backbone):
     def forward(self, images: torch.Tensor) -> Features:
         return self.features_from(self.stem(images), 0)
 
+    def trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """Stem + blocks 0..10 (through the 112-channel stage, stride 16): float[b, 112, H/16, W/16]."""
+        return self.run_blocks(self.stem(images), 0, _SPATIAL_BLOCK + 1)
+
+    def from_trunk(self, x: torch.Tensor) -> Features:
+        """Blocks 11..15 (the 192- and 320-channel stages) and the head conv on a ``trunk`` output."""
+        return self.features_from(x, _SPATIAL_BLOCK + 1, self.pool_spatial(x))
+
+    def trunk_parameters(self) -> list[nn.Parameter]:
+        modules = [self._conv_stem, self._bn0, *self._blocks[: _SPATIAL_BLOCK + 1]]
+        return [p for m in modules for p in m.parameters()]
+
     def classify(self, images: torch.Tensor) -> torch.Tensor:
         """ImageNet logits float32[b, 1000] (meaningful with pretrained weights)."""
         return self._fc(self.forward(images).global_)

@@ -82,6 +82,17 @@ class MobileNetV2(Backbone):
         top = self.features[_SPATIAL_LAYER + 1 :](mid)
         return Features(top.mean(dim=(2, 3)), self.pool_spatial(mid))
 
+    def trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """``features[0..13]`` (through the 96-channel stage, stride 16)."""
+        return self.features[: _SPATIAL_LAYER + 1](images)
+
+    def from_trunk(self, x: torch.Tensor) -> Features:
+        """``features[14..]`` on a ``trunk`` output."""
+        return Features(self.features[_SPATIAL_LAYER + 1 :](x).mean(dim=(2, 3)), self.pool_spatial(x))
+
+    def trunk_parameters(self) -> list[nn.Parameter]:
+        return list(self.features[: _SPATIAL_LAYER + 1].parameters())
+
     def classify(self, images: torch.Tensor) -> torch.Tensor:
         """ImageNet logits float32[b, 1000] (meaningful with pretrained weights)."""
         return self.classifier(self.forward(images).global_)

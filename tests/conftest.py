@@ -12,7 +12,8 @@
   into a temporary folder; yields the dataset root (a local path string). Treat it as read-only.
 - ``ray_local`` (session): a new local instance, ``ray.init(address="local", num_cpus=4)`` (logical
   CPUs: 2-core machines need the headroom), no dashboard, quiet logs, Ray Data progress bars off;
-  shut down after.
+  shut down after. Its workers get the moto dummy credentials (``s3_env``'s) in their environment:
+  Ray workers resolve S3 credentials themselves, and the S3 tests set theirs after ``ray.init``.
 """
 
 from __future__ import annotations
@@ -103,14 +104,17 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+# moto accepts any credentials: these dummy ones are no secret.
+MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+                    "AWS_DEFAULT_REGION": "us-east-1"}
+
+
 @pytest.fixture
 def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """Point the standard AWS environment at ``s3_endpoint`` for one test; returns the endpoint URL."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name, value in MOTO_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
     for var in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)
     missing = str(REPO / ".no-aws-config")
@@ -150,7 +154,8 @@ def ray_local() -> Iterator[None]:
     previous = os.environ.get("RAY_USAGE_STATS_ENABLED")
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     # address="local": always a fresh instance, never a cluster another process started on this machine.
-    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": MOTO_CREDENTIALS})
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         yield

@@ -286,7 +286,8 @@ def ds_count(ds) -> int:
 
 @pytest.mark.slow
 def test_read_split_from_s3_with_ray(ray_local, s3_bucket: str, photos, preprocess) -> None:
-    """The AWS variables are set after ray.init: the workers get the credentials via the filesystem."""
+    """The AWS variables are set after ray.init: the workers resolve their own credentials (``ray_local``
+    gives them the moto ones) and get the endpoint with the filesystem."""
     root = storage.join(s3_bucket, "ds")
     _write(root, [_good(photos, i) for i in range(5)], shard_size=2)
     rows = read_split(root, "train", preprocess).take_all()

@@ -26,11 +26,12 @@ import json
 import logging
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from hashing import registry, storage, tracking
-from hashing.code_shards import CodeShardError, SplitCodes, load_split
+from hashing.code_shards import CodeShardError, SplitCodes, list_parts, load_split, part_name
 from hashing.codes import pack_signs
 from hashing.config import Config, config_from_args, config_parser
 from hashing.data.schema import DatasetManifest, load_manifest
@@ -78,11 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--image", metavar="PATH", help="an image file (local path or s3://)")
     what.add_argument("--text", help='comma-separated tags, e.g. "dress, handbag" (multimodal models only)')
     parser.add_argument("--split", choices=SPLITS, default="database", help="the split searched")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="search the code parts there are when some shards have none (says how many)")
     args = parser.parse_intermixed_args(argv)
     config = config_from_args(parser, args)
     storage.use_s3_endpoint(config.storage.s3_endpoint)
     try:
-        result = run_search(config, key=args.key, image=args.image, text=args.text, split=args.split)
+        result = run_search(config, key=args.key, image=args.image, text=args.text, split=args.split,
+                            allow_partial=args.allow_partial)
     except (FileNotFoundError, LookupError, ValueError) as exc:
         log.error("%s", exc)
         return 2
@@ -97,15 +101,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_search(config: Config, key: str | None = None, image: str | None = None, text: str | None = None,
-               split: str = "database") -> SearchResult:
+               split: str = "database", allow_partial: bool = False) -> SearchResult:
     """Search ``split`` of the configured model version with exactly one of ``key``, ``image``, ``text``.
+
+    Every shard of the split in ``dataset.json`` must have its code part (as for evaluate), unless
+    ``allow_partial``: then the parts there are are searched and a warning says how many are missing.
+    Without a readable ``dataset.json`` the parts cannot be checked and all of them are searched.
 
     Raises:
         LookupError: the model, version, alias or key does not exist.
         FileNotFoundError: no image at ``image``; no dataset at ``dataset.uri`` when one is needed
             (``search.model`` unset, or ``text``).
-        ValueError: an unreadable image, a model without a text network, no known tag in ``text``,
-            code shards missing or not written by this model version.
+        ValueError: an unreadable image (or a folder), a model without a text network, no known tag in
+            ``text``, code parts missing (unless ``allow_partial``), stale or not written by this model
+            version.
     """
     if [key, image, text].count(None) != 2:
         raise ValueError("give exactly one of key, image, text")
@@ -114,9 +123,9 @@ def run_search(config: Config, key: str | None = None, image: str | None = None,
     model = tracking.resolve_section_model(config.search, config.method.name,
                                            manifest.name if manifest is not None else "")
     codes_uri = registry.codes_location(model, config.encode.codes_root)
-    codes = load_codes(codes_uri, split, model)
+    codes = load_codes(codes_uri, split, model, manifest, allow_partial)
     if key is not None:
-        query, described = key_code(codes_uri, split, codes, model, key), f"key {key}"
+        query, described = key_code(codes_uri, split, codes, model, key, manifest, allow_partial), f"key {key}"
     elif image is not None:
         query, described = image_code(model, image), f"image {image}"
     else:
@@ -168,23 +177,40 @@ def _manifest(config: Config, required: bool) -> DatasetManifest | None:
         return None
 
 
-def load_codes(codes_uri: str, split: str, model: ResolvedModel) -> SplitCodes:
-    """Every part of ``split`` under ``codes_uri``, checked to be written by ``model``."""
-    codes = load_split(storage.join(codes_uri, split))
+def load_codes(codes_uri: str, split: str, model: ResolvedModel, manifest: DatasetManifest | None = None,
+               allow_partial: bool = False) -> SplitCodes:
+    """The parts of ``split`` under ``codes_uri``, checked to be written by ``model`` and, with a ``manifest``,
+    to be one per shard of the dataset's split (``allow_partial``: the shards that have one, with a warning).
+
+    Raises ``CodeShardError`` naming the missing parts, or when there are none at all.
+    """
+    root = storage.join(codes_uri, split)
+    expected = None
+    if manifest is not None:
+        expected = {s.path: s.sha256 for s in manifest.split(split).shards}
+        if allow_partial:
+            present = list_parts(root)
+            missing = [s for s in expected if part_name(s) not in present]
+            if missing:
+                log.warning("searching %d of %d code parts of %s: no part for %s", len(expected) - len(missing),
+                            len(expected), root, ", ".join(missing))
+            expected = {s: sha for s, sha in expected.items() if s not in missing}
+    codes = load_split(root, expected=expected)
     if codes.model_uri != model.uri:
         raise CodeShardError(f"{storage.join(codes_uri, split)} was written by {codes.model_uri}, not {model.uri}; "
                              f"re-encode with `pipelines/encode.py encode.version={model.version} --force`")
     return codes
 
 
-def key_code(codes_uri: str, split: str, codes: SplitCodes, model: ResolvedModel, key: str) -> np.ndarray:
+def key_code(codes_uri: str, split: str, codes: SplitCodes, model: ResolvedModel, key: str,
+             manifest: DatasetManifest | None = None, allow_partial: bool = False) -> np.ndarray:
     """The stored code uint8[1, B] of ``key``: from the searched split, else from the other one."""
     row = codes.index_of().get(key)
     if row is not None:
         return codes.codes[row: row + 1]
     other = next(s for s in SPLITS if s != split)
     try:
-        other_codes = load_codes(codes_uri, other, model)
+        other_codes = load_codes(codes_uri, other, model, manifest, allow_partial)
     except CodeShardError as exc:
         raise LookupError(f"key {key!r} is not in the {split} codes under {codes_uri}, and the {other} codes "
                           f"cannot be read ({exc})") from None
@@ -199,6 +225,8 @@ def image_code(model: ResolvedModel, path: str) -> np.ndarray:
     """The code uint8[1, B] of the image file at ``path``, preprocessed and encoded as the model was trained."""
     from hashing.encoding import Encoder
 
+    if not storage.is_s3(path) and Path(path).is_dir():
+        raise ValueError(f"--image {path}: is a folder; give one image file")
     image = decode_image(storage.read_bytes(path), path)
     method, model_config = tracking.load_hashing_model(model.uri)
     return Encoder(method, model_config.dataset.image_size).encode_raw([image])

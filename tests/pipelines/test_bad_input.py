@@ -345,3 +345,59 @@ def test_non_utf8_labels_file_is_one_message_naming_the_file(folder: Path, tmp_p
     (message,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert message.startswith(f"{folder / 'labels.csv'}: not UTF-8 text") and "save the labels file as UTF-8" in message
     assert not (out / "dataset.json").exists()
+
+
+# search: 1 (bomb), 5 (a missing code part), 13 (a folder as --image) -------------------------------
+
+@pytest.fixture(scope="module")
+def searchable(model_registry) -> dict:
+    """A champion IDHN version with the code shards of the query and database splits."""
+    model = model_registry.register("idhn", seed=3, alias="champion")
+    return {"model": model, "codes_uri": model_registry.encode(model)}
+
+
+def _errors(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_search_image_decompression_bomb_is_one_message(model_registry, searchable, tmp_path: Path, caplog) -> None:
+    from pipelines.search import main
+
+    (tmp_path / "bomb.png").write_bytes(bomb_png())
+    with caplog.at_level(logging.ERROR):
+        assert main(model_registry.args("--image", str(tmp_path / "bomb.png"))) == 2
+    (message,) = _errors(caplog)
+    assert str(tmp_path / "bomb.png") in message and "2500000000 pixels" in message
+
+
+def test_search_image_folder_is_one_message(model_registry, searchable, tmp_path: Path, caplog) -> None:
+    from pipelines.search import main
+
+    with caplog.at_level(logging.ERROR):
+        assert main(model_registry.args("--image", str(tmp_path))) == 2
+    assert _errors(caplog) == [f"--image {tmp_path}: is a folder; give one image file"]
+
+
+def test_search_refuses_a_missing_code_part_unless_allow_partial(model_registry, tmp_path: Path, caplog,
+                                                                 capsys) -> None:
+    from hashing.code_shards import load_split, part_uri
+    from pipelines.search import main
+
+    model = model_registry.register("idhn", name="partial-idhn", seed=4, alias="champion")
+    codes_uri = model_registry.encode(model)
+    shards = model_registry.manifest.split("database").shards
+    full = len(load_split(f"{codes_uri}/database"))
+    gone = Path(part_uri(f"{codes_uri}/database", shards[1].path))
+    gone.unlink()
+    key = str(load_split(f"{codes_uri}/query").keys[0])
+    args = model_registry.args("search.model=partial-idhn", "search.k=1000", "--key", key)
+
+    with caplog.at_level(logging.WARNING):
+        assert main(args) == 2
+        (message,) = _errors(caplog)
+        assert f"1 of {len(shards)} source shards have no code part ({shards[1].path})" in message
+        caplog.clear()
+        capsys.readouterr()
+        assert main([*args, "--allow-partial"]) == 0
+    assert f"searching {len(shards) - 1} of {len(shards)} code parts" in caplog.text and shards[1].path in caplog.text
+    assert f"({full - shards[1].samples} items" in capsys.readouterr().out

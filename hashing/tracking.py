@@ -20,6 +20,8 @@ import json
 import logging
 import os
 import tempfile
+import urllib.error
+import urllib.request
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import version as distribution_version
@@ -112,6 +114,31 @@ def setup_tracking(config: Config) -> str:
     else:
         os.environ["MLFLOW_TRACKING_URI"] = user_env
     return uri
+
+
+# How long a job waits for an MLflow server to answer before it gives up (MLflow's own retries take minutes).
+SERVER_CHECK_TIMEOUT_S = 5.0
+
+
+def check_tracking_server(config: Config, timeout_s: float = SERVER_CHECK_TIMEOUT_S) -> None:
+    """For an ``http(s)://`` tracking URI (``tracking_uri``), check that something answers at
+    ``{uri}/health`` within ``timeout_s``; other URIs (sqlite, databricks) are left to MLflow.
+
+    Any HTTP answer counts (a proxy may want authentication for it); only a refused connection, an
+    unknown host or a timeout fail. Raises ``ConnectionError`` naming the URI.
+    """
+    uri = tracking_uri(config)
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        pass
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConnectionError(f"no MLflow tracking server answers at {uri} (tracking.uri / MLFLOW_TRACKING_URI): "
+                              f"{reason}; start the server or fix the URI") from None
 
 
 def tracking_env(config: Config) -> dict[str, str]:

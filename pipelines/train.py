@@ -47,6 +47,7 @@ from hashing.tracking import (
     TAG_DATASET_FINGERPRINT,
     TAG_JOB,
     TAG_METHOD,
+    check_tracking_server,
     log_config,
     log_hashing_model,
     register_model,
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     storage.use_s3_endpoint(config.storage.s3_endpoint)
     try:
         manifest = load_manifest(config.dataset.uri)
-    except (FileNotFoundError, ValueError) as exc:
+        check_tracking_server(config)  # before Ray starts: MLflow alone retries for minutes
+    except (FileNotFoundError, ValueError, ConnectionError) as exc:
         log.error("%s", exc)
         return 2
 

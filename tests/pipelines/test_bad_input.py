@@ -37,6 +37,7 @@ from hashing.data.schema import (
 from hashing.data.transforms import MAX_IMAGE_PIXELS_ENV, ImageTooLargeError, decode_image
 from pipelines import ingest
 
+REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["cat", "coffee", "person"]
 
 
@@ -401,3 +402,40 @@ def test_search_refuses_a_missing_code_part_unless_allow_partial(model_registry,
         assert main([*args, "--allow-partial"]) == 0
     assert f"searching {len(shards) - 1} of {len(shards)} code parts" in caplog.text and shards[1].path in caplog.text
     assert f"({full - shards[1].samples} items" in capsys.readouterr().out
+
+
+# 4: a tracking server that is not there ---------------------------------------------------------------
+
+@pytest.mark.timeout(120)
+def test_train_with_no_tracking_server_fails_in_seconds_before_ray(tiny_dataset: str, tmp_path: Path, services,
+                                                                   caplog) -> None:
+    import ray
+
+    from pipelines import train
+
+    uri = f"http://127.0.0.1:{services.free_port()}"  # nothing listens there
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR):
+        rc = train.main(["--config", str(REPO / "configs/test.yaml"), f"run.root={tmp_path}",
+                         f"dataset.uri={tiny_dataset}", f"tracking.uri={uri}"])
+    assert rc == 2 and time.monotonic() - started < 15
+    (message,) = _errors(caplog)
+    assert message.startswith(f"no MLflow tracking server answers at {uri}")
+    assert not ray.is_initialized()
+
+
+def test_tracking_check_accepts_any_http_answer_and_skips_sqlite(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    from hashing.config import load_config
+    from hashing.tracking import check_tracking_server
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)  # /health: 404
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        check_tracking_server(load_config(None, [f"tracking.uri=http://127.0.0.1:{server.server_port}"]))
+    finally:
+        server.shutdown()
+        server.server_close()
+    check_tracking_server(load_config(None, [f"run.root={tmp_path}"]))  # sqlite: nothing to reach

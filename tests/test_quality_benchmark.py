@@ -161,3 +161,21 @@ def test_target_checks_call_a_difference_only_when_it_exceeds_both_stds():
     one_seed = quality.target_checks([row("idhn", 32, 0.9, 0.0, seeds=1), row("dpsh", 32, 0.5, 0.0, seeds=1),
                                       row("itq", 32, 0.4, 0.0, seeds=1)])
     assert "met on the means, not separable (one seed): idhn >= DPSH at 32 bits (0.9000 vs 0.5000)" in one_seed
+
+
+def test_grid_and_seed_runs_are_mlflow_child_runs(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert quality.main(["--preset", "smoke", "--bits", "16", "--methods", "idhn", "--seeds", "0,1",
+                         "--cache-dir", str(tmp_path / "cache"), "--mlflow", uri]) == 0
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    stages = sorted(r.data.params["stage"] for r in children)
+    assert stages == ["final", "final", "grid", "grid", "grid", "grid"]
+    assert all("val_map_at_1000" in r.data.metrics for r in children if r.data.params["stage"] == "grid")
+    assert all("map_at_1000" in r.data.metrics for r in children if r.data.params["stage"] == "final")

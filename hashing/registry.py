@@ -15,17 +15,27 @@ A registered model version (``models:/name/N``) carries, besides what training s
         promotion_decision           ``promoted`` or ``kept``
         promotion                    the decision as JSON (reasons, both metrics, margin, fingerprint)
 
-Tag values are strings; metric values are written with ``repr`` so they read back exactly.
+Tag values are strings; metric values are written with ``repr`` so they read back exactly. Tags are
+editable by anyone who can write to the registry, so ``verified_evaluation`` (what promotion uses)
+only takes the run id from them and reads the metrics from that evaluation run, after checking it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from hashing.code_shards import version_uri
-from hashing.tracking import ResolvedModel
+from hashing.tracking import (
+    TAG_DATASET,
+    TAG_DATASET_FINGERPRINT,
+    TAG_JOB,
+    TAG_MODEL_NAME,
+    TAG_MODEL_VERSION,
+    ResolvedModel,
+)
 
 CODES_URI = "codes_uri"
 CODES_DATASET_FINGERPRINT = "codes_dataset_fingerprint"
@@ -120,3 +130,38 @@ class VersionEvaluation:
                     raise ValueError(f"model version tag {tag}={text!r} is not a number") from None
         return cls(tags[EVAL_DATASET], tags[EVAL_DATASET_FINGERPRINT], tags[EVAL_RUN_ID], tags[EVAL_MAP_KEY],
                    metrics)
+
+
+def verified_evaluation(model: ResolvedModel) -> VersionEvaluation | None:
+    """The latest evaluation of ``model`` as its evaluation run recorded it; None when it has none.
+
+    The ``eval_*`` tags only point at the run (``eval_run_id``): the run must exist, be finished, be an
+    evaluate job (tag ``job=evaluate``) of this very model name and version on the dataset fingerprint
+    the tags claim, and have logged the mAP@K metric; metrics and dataset name then come from the run.
+
+    Raises:
+        ValueError: the tags are incomplete, or the run they name is not such an evaluation (says why).
+    """
+    claimed = VersionEvaluation.from_tags(version_tags(model))
+    if claimed is None:
+        return None
+    where = f"models:/{model.name}/{model.version}"
+    rerun = f"rerun `pipelines/evaluate.py evaluate.version={model.version}`"
+    try:
+        run = MlflowClient().get_run(claimed.run_id)
+    except MlflowException:
+        raise ValueError(f"{where}: its evaluation tags name run {claimed.run_id!r}, which does not exist on "
+                         f"this tracking server; {rerun}") from None
+    expected = {TAG_JOB: "evaluate", TAG_MODEL_NAME: model.name, TAG_MODEL_VERSION: str(model.version),
+                TAG_DATASET_FINGERPRINT: claimed.dataset_fingerprint}
+    problems = [f"{tag}={run.data.tags.get(tag)!r} (expected {value!r})"
+                for tag, value in expected.items() if run.data.tags.get(tag) != value]
+    if run.info.status != "FINISHED":
+        problems.append(f"status {run.info.status} (expected FINISHED)")
+    if claimed.map_key not in run.data.metrics:
+        problems.append(f"no metric {claimed.map_key!r}")
+    if problems:
+        raise ValueError(f"{where}: its evaluation tags name run {claimed.run_id}, which is not a finished "
+                         f"evaluation of this version on that dataset: {'; '.join(problems)}; {rerun}")
+    return VersionEvaluation(run.data.tags.get(TAG_DATASET, claimed.dataset), claimed.dataset_fingerprint,
+                             claimed.run_id, claimed.map_key, dict(run.data.metrics))

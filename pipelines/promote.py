@@ -5,7 +5,9 @@
 
 Recipe: config -> the registered model (``promote.model``, else ``hashing-{method}-{dataset name}``) ->
 ``challenger`` and ``champion`` versions and their latest evaluations (the ``eval_*`` version tags that
-``pipelines/evaluate.py`` writes) -> the decision (``decide``) -> unless dry-run: an MLflow run
+``pipelines/evaluate.py`` writes name the evaluation run; the metrics are read from that run after
+checking it is a finished evaluation of that version on that dataset, ``registry.verified_evaluation``,
+so edited tags alone move nothing) -> the decision (``decide``) -> unless dry-run: an MLflow run
 (``job=promote``, ``promotion.json``), the decision as tags on the challenger version
 (``promotion_decision``, ``promotion``), and the alias move when promoted -> the decision printed.
 
@@ -90,19 +92,20 @@ def run_promote(config: Config, dry_run: bool = False) -> Decision:
 
     Raises:
         LookupError: no such registered model, or no ``challenger`` alias.
-        ValueError: the challenger has no evaluation, or none with ``promote.metric``.
+        ValueError: the challenger has no evaluation, or none with ``promote.metric``, or its evaluation
+            tags do not name a finished evaluation run of it (forged or stale tags).
         FileNotFoundError: ``promote.model`` is unset and there is no dataset at ``dataset.uri``.
     """
     tracking.setup_tracking(config)
     name = config.promote.model or tracking.registered_model_name(
         config.method.name, load_manifest(config.dataset.uri).name)
     challenger = tracking.resolve_model(name, alias=CHALLENGER)
-    challenger_eval = VersionEvaluation.from_tags(registry.version_tags(challenger))
+    challenger_eval = registry.verified_evaluation(challenger)
     if challenger_eval is None:
         raise ValueError(f"challenger models:/{name}/{challenger.version} has not been evaluated; run "
                          f"`pipelines/evaluate.py evaluate.version={challenger.version}` first")
     champion = _champion(name)
-    champion_eval = None if champion is None else VersionEvaluation.from_tags(registry.version_tags(champion))
+    champion_eval = None if champion is None else _champion_evaluation(champion)
     decision = decide(name, challenger, challenger_eval, champion, champion_eval, config.promote.metric,
                       config.promote.margin)
     decision.dry_run = dry_run
@@ -110,6 +113,15 @@ def run_promote(config: Config, dry_run: bool = False) -> Decision:
         record(decision, config, challenger_eval.dataset)
     log.info("%s: %s", decision.decision, "; ".join(decision.reasons))
     return decision
+
+
+def _champion_evaluation(champion: ResolvedModel) -> VersionEvaluation | None:
+    """The champion's verified evaluation; None (logged) when it has none or its tags do not hold up."""
+    try:
+        return registry.verified_evaluation(champion)
+    except ValueError as exc:
+        log.warning("champion evaluation not usable: %s", exc)
+        return None
 
 
 def _champion(name: str) -> ResolvedModel | None:

@@ -1,8 +1,8 @@
 """pipelines/promote.py: champion moves to the challenger only when its evaluation beats the champion's.
 
-The decision tests give versions the ``eval_*`` tags that ``pipelines/evaluate.py`` writes
-(``hashing.registry.VersionEvaluation``) with chosen values; the last test runs register -> encode ->
-evaluate -> promote against a real ``mlflow server`` process.
+The decision tests record evaluations as ``pipelines/evaluate.py`` does (a finished evaluate run, and the
+``eval_*`` tags naming it, ``hashing.registry.VersionEvaluation``) with chosen values; the last test runs
+register -> encode -> evaluate -> promote against a real ``mlflow server`` process.
 """
 
 from __future__ import annotations
@@ -28,12 +28,22 @@ OTHER_FINGERPRINT = "b" * 64
 
 
 def _evaluated(model: ResolvedModel, map_value: float, fingerprint: str = FINGERPRINT,
-               map_key: str = "map_at_100") -> None:
-    """Give ``model`` the version tags of an evaluation with mAP ``map_value``."""
-    evaluation = VersionEvaluation("tiny", fingerprint, f"run-of-v{model.version}", map_key,
-                                   {map_key: map_value, "ndcg_at_50": map_value / 2})
+               map_key: str = "map_at_100") -> VersionEvaluation:
+    """Record an evaluation of ``model`` with mAP ``map_value`` as ``pipelines/evaluate.py`` does: a finished
+    evaluate run (tags naming the version and dataset, the metrics) and the version's ``eval_*`` tags."""
+    metrics = {map_key: map_value, "ndcg_at_50": map_value / 2}
+    with mlflow.start_run() as run:
+        mlflow.set_tags({"job": "evaluate", "model_name": model.name, "model_version": str(model.version),
+                         "dataset": "tiny", "dataset_fingerprint": fingerprint})
+        mlflow.log_metrics(metrics)
+    evaluation = VersionEvaluation("tiny", fingerprint, run.info.run_id, map_key, metrics)
+    _tag(model, evaluation.to_tags())
+    return evaluation
+
+
+def _tag(model: ResolvedModel, tags: dict[str, str]) -> None:
     client = MlflowClient()
-    for key, value in evaluation.to_tags().items():
+    for key, value in tags.items():
         client.set_model_version_tag(model.name, str(model.version), key, value)
 
 
@@ -142,6 +152,34 @@ def test_unevaluated_or_missing_challenger_is_bad_input(model_registry, caplog) 
 
     assert _champion_version("unevaluated") == champion.version
     assert _recorded(model_registry, challenger) is None
+
+
+def test_forged_evaluation_tags_do_not_move_the_champion(model_registry, caplog) -> None:
+    """Issue 14 row 14: metrics come from the evaluation run the tags name, checked, not from the tags."""
+    champion, challenger = _pair(model_registry, "hashing-idhn-forged", 0.5, None)
+    champion_run = registry.verified_evaluation(champion).run_id
+    forged = VersionEvaluation("tiny", FINGERPRINT, "0" * 32, "map_at_100", {"map_at_100": 0.99})
+    cases = [(forged.to_tags(), "does not exist on this tracking server"),  # no such run
+             ({**forged.to_tags(), registry.EVAL_RUN_ID: champion_run}, "model_version='1' (expected '2')")]
+    for tags, reason in cases:
+        _tag(challenger, tags)
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert promote.main(model_registry.args("promote.model=hashing-idhn-forged")) == 2
+        assert reason in caplog.text and "not" in caplog.text
+        assert _champion_version("hashing-idhn-forged") == champion.version
+
+    real = _evaluated(challenger, 0.3)  # a real, worse evaluation, then its tags edited upwards
+    _tag(challenger, {registry.EVAL_MAP: "0.99", f"{registry.EVAL_METRIC_PREFIX}map_at_100": "0.99"})
+    decision = promote.run_promote(model_registry.config("promote.model=hashing-idhn-forged"))
+    assert decision.decision == promote.KEPT and decision.challenger_value == real.metrics["map_at_100"] == 0.3
+    assert _champion_version("hashing-idhn-forged") == champion.version
+
+    _tag(champion, forged.to_tags())  # a champion whose evaluation does not hold up is not compared
+    _evaluated(challenger, 0.3)
+    with caplog.at_level(logging.WARNING):
+        decision = promote.run_promote(model_registry.config("promote.model=hashing-idhn-forged"))
+    assert decision.decision == promote.KEPT and "champion evaluation not usable" in caplog.text
 
 
 def test_dry_run_decides_but_moves_and_records_nothing(model_registry, capsys) -> None:

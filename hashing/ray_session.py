@@ -10,6 +10,33 @@ from hashing import storage
 
 # Set by ``ray job submit`` in the driver's environment: the job's own runtime_env (and metadata).
 _JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+# Runs in every worker process of the job (``runtime_env``), before it does any work.
+SETUP_HOOK = "hashing.ray_session.quiet_ray_logs"
+# Ray Train 2.60's controller logs a warning with a full ``GetTimeoutError`` traceback ("Failed to send
+# resource request ...") when its autoscaling coordinator actor takes over 5 s to answer, as it does
+# while a small machine is busy starting the job's workers; nothing depends on it without an autoscaler.
+_RESOURCE_REQUEST_LOGGER = "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client"
+_RESOURCE_REQUEST_FAILURES = ("Failed to send resource request", "Failed to cancel resource request")
+
+
+class ResourceRequestTimeoutFilter(logging.Filter):
+    """Turns Ray Train's resource-request timeout warning (with traceback) into one INFO line saying
+    what it is; other records pass unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(_RESOURCE_REQUEST_FAILURES):
+            record.msg = ("Ray Train's resource request to its autoscaling coordinator timed out (a busy machine "
+                          "while workers start); harmless without an autoscaler, training goes on")
+            record.args, record.exc_info, record.exc_text = (), None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def quiet_ray_logs() -> None:
+    """Install ``ResourceRequestTimeoutFilter`` in this process (the job's ``worker_process_setup_hook``)."""
+    logger = logging.getLogger(_RESOURCE_REQUEST_LOGGER)
+    if not any(isinstance(f, ResourceRequestTimeoutFilter) for f in logger.filters):
+        logger.addFilter(ResourceRequestTimeoutFilter())
 
 
 def init_ray(address: str | None, num_cpus: int | None) -> bool:
@@ -20,20 +47,30 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
     logical CPUs (None: all cores) is started even when a ``ray start`` head runs on this machine
     (``address="local"``), so a plain run never attaches to someone else's cluster by accident.
     A local instance's workers inherit this process's environment; the workers of a cluster get the
-    S3 endpoint variables through the job's ``runtime_env`` (``worker_env_vars``).
+    S3 endpoint variables through the job's ``runtime_env`` (``worker_env_vars``). Every worker runs
+    ``quiet_ray_logs`` first (``SETUP_HOOK``), unless a submitted job brings its own setup hook.
     """
     import ray
 
     if ray.is_initialized():
         return False
+    quiet_ray_logs()
+    hook = "worker_process_setup_hook"
+    runtime_env = {} if hook in _job_runtime_env() else {hook: SETUP_HOOK}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         env = worker_env_vars()
-        ray.init(address=address, logging_level=logging.WARNING,
-                 runtime_env={"env_vars": env} if env else None)
+        if env:
+            runtime_env["env_vars"] = env
+        ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env or None)
     else:
-        ray.init(address="local", num_cpus=num_cpus, logging_level=logging.WARNING)
+        ray.init(address="local", num_cpus=num_cpus, logging_level=logging.WARNING, runtime_env=runtime_env or None)
     return True
+
+
+def _job_runtime_env() -> dict:
+    """The runtime_env of the submitted job this driver runs in (``ray job submit``); {} otherwise."""
+    return json.loads(os.environ.get(_JOB_CONFIG_ENV) or "{}").get("runtime_env") or {}
 
 
 def worker_env_vars() -> dict[str, str]:
@@ -47,8 +84,7 @@ def worker_env_vars() -> dict[str, str]:
     here is an error (the driver and its workers would use different stores).
     """
     env = storage.endpoint_env()
-    job_config = json.loads(os.environ.get(_JOB_CONFIG_ENV) or "{}")
-    job_env = (job_config.get("runtime_env") or {}).get("env_vars") or {}
+    job_env = _job_runtime_env().get("env_vars") or {}
     for name in [n for n in env if n in job_env]:
         if job_env[name] != env[name]:
             raise ValueError(

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import ray
@@ -10,6 +16,7 @@ from ray.runtime_env.runtime_env import _merge_runtime_env
 
 from hashing import ray_session, storage
 
+REPO = Path(__file__).resolve().parents[1]
 ENDPOINT = "http://minio.storage.svc:9000"
 SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
@@ -43,18 +50,23 @@ def test_worker_env_vars_carry_the_endpoint_never_credentials(driver_env) -> Non
 
 def test_init_ray_passes_them_to_a_cluster_only(driver_env, ray_init_calls, monkeypatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", ENDPOINT)  # from the environment this time
+    hook = {"worker_process_setup_hook": ray_session.SETUP_HOOK}
     assert ray_session.init_ray("ray://head:10001", None)
-    assert ray_init_calls[-1]["runtime_env"] == {"env_vars": {"AWS_ENDPOINT_URL": ENDPOINT}}
+    assert ray_init_calls[-1]["runtime_env"] == {"env_vars": {"AWS_ENDPOINT_URL": ENDPOINT}, **hook}
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     ray_session.init_ray(None, None)
     assert ray_init_calls[-1]["address"] == "10.0.0.1:6379"
-    assert ray_init_calls[-1]["runtime_env"] == {"env_vars": {"AWS_ENDPOINT_URL": ENDPOINT}}
+    assert ray_init_calls[-1]["runtime_env"] == {"env_vars": {"AWS_ENDPOINT_URL": ENDPOINT}, **hook}
     monkeypatch.delenv("RAY_ADDRESS")
     ray_session.init_ray(None, 2)  # a new local instance: its workers inherit this environment
-    assert ray_init_calls[-1]["address"] == "local" and "runtime_env" not in ray_init_calls[-1]
+    assert ray_init_calls[-1]["address"] == "local" and ray_init_calls[-1]["runtime_env"] == hook
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     ray_session.init_ray("ray://head:10001", None)
-    assert ray_init_calls[-1]["runtime_env"] is None  # nothing to pass: AWS S3
+    assert ray_init_calls[-1]["runtime_env"] == hook  # no endpoint to pass: AWS S3
+    job = {"runtime_env": {"worker_process_setup_hook": "theirs.setup"}}
+    monkeypatch.setenv(ray_session._JOB_CONFIG_ENV, json.dumps(job))
+    ray_session.init_ray("ray://head:10001", None)
+    assert ray_init_calls[-1]["runtime_env"] is None  # the submitted job's own hook is left alone
 
 
 def test_submitted_jobs_runtime_env_still_merges(driver_env, monkeypatch) -> None:
@@ -69,3 +81,61 @@ def test_submitted_jobs_runtime_env_still_merges(driver_env, monkeypatch) -> Non
     storage.use_s3_endpoint("http://other:9000")
     with pytest.raises(ValueError, match="AWS_ENDPOINT_URL_S3 differs"):
         ray_session.worker_env_vars()
+
+
+def test_resource_request_timeout_warning_becomes_one_info_line() -> None:
+    """Ray Train's 'Failed to send resource request' warning loses its GetTimeoutError traceback."""
+    ray_session.quiet_ray_logs()
+    ray_session.quiet_ray_logs()  # installed once
+    logger = logging.getLogger(ray_session._RESOURCE_REQUEST_LOGGER)
+    assert sum(isinstance(f, ray_session.ResourceRequestTimeoutFilter) for f in logger.filters) == 1
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        try:
+            raise ray.exceptions.GetTimeoutError("Get timed out: some object(s) not ready.")
+        except ray.exceptions.GetTimeoutError:
+            logger.warning("Failed to send resource request for %s. If this only happens ...", "abc", exc_info=True)
+        logger.warning("something else")
+    finally:
+        logger.removeHandler(handler)
+    first, other = records
+    assert (first.levelname, first.exc_info, first.getMessage()) == (
+        "INFO", None, ("Ray Train's resource request to its autoscaling coordinator timed out (a busy machine "
+                       "while workers start); harmless without an autoscaler, training goes on"))
+    assert (other.levelname, other.getMessage()) == ("WARNING", "something else")
+
+
+WORKER_LOGS = textwrap.dedent("""
+    import logging
+    import ray
+    from hashing.ray_session import _RESOURCE_REQUEST_LOGGER, init_ray
+
+    @ray.remote(num_cpus=0)
+    def warn() -> None:
+        logger = logging.getLogger(_RESOURCE_REQUEST_LOGGER)
+        logger.addHandler(logging.StreamHandler())  # as Ray Train's controller actor prints it
+        try:
+            raise ray.exceptions.GetTimeoutError("Get timed out: some object(s) not ready.")
+        except ray.exceptions.GetTimeoutError:
+            logger.warning("Failed to send resource request for x.", exc_info=True)
+        logger.warning("worker warnings still reach the driver")
+
+    init_ray(None, 1)
+    ray.get(warn.remote())
+    ray.shutdown()
+""")
+
+
+@pytest.mark.slow
+def test_workers_of_a_job_print_no_resource_request_traceback(tmp_path) -> None:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", WORKER_LOGS], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=180, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "worker warnings still reach the driver" in out  # the worker's output is forwarded
+    assert "resource request to its autoscaling coordinator timed out" in out
+    assert "Failed to send resource request" not in out and "Traceback" not in out

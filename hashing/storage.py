@@ -15,7 +15,8 @@ Reads, listing and deletes go through ``pyarrow.fs.S3FileSystem``. S3 writes go 
 single PUT, or a managed multipart upload that is aborted on failure, so an object is either whole
 or absent (pyarrow's output stream completes a multipart upload on close, even after an error).
 Local writes go to a temporary file in the target folder, then ``os.replace``. Transient S3 errors
-(connection failures, timeouts, 5xx, throttling) are retried with exponential backoff and jitter.
+(connection failures, timeouts, 5xx, throttling) are retried with exponential backoff and jitter; one
+that outlasts the retries raises ``StorageUnavailableError`` naming the endpoint.
 """
 
 from __future__ import annotations

@@ -12,9 +12,17 @@ Writes the dataset contract of ``hashing.data.schema`` to a local folder or an `
   (one per line) or a ``classes.txt`` next to the labels file. Images in other formats than
   PNG/JPEG/WebP are re-encoded as PNG. The tag vocabulary is every tag seen, sorted.
 
+The labels file must be UTF-8 with at least one record, and give labels (a CSV ``labels`` column, a
+JSON ``labels`` field) unless ``--unlabelled``; other CSV columns are an error (a typo like ``label``).
+Labels that are neither ints nor strings (``true``, ``1.5``) are ``bad_label``; images over
+``--max-image-pixels`` (a decompression bomb) are ``too_large``.
+
 Every bad record (shard or ``file:line``, key, reason) goes to ``{output}/quarantine.json``; ``--strict``
 fails on the first one; ``--max-bad-fraction`` fails the job past it (``dataset.json`` is then not
-written). ``dataset.json`` is written last.
+written). ``dataset.json`` is written last. ``--overwrite`` writes the new shards beside the old ones
+(``g1/``, ``g2/``, ...) and switches ``dataset.json`` last, so a failed ingest leaves the old dataset
+as it was. When S3 stops answering, the job stops with one message naming the endpoint and the shards
+written so far, without ``dataset.json``.
 
     python pipelines/ingest.py --output runs/data/builtin-tiny --source builtin --preset tiny
     python pipelines/ingest.py --output s3://bucket/ds --source folder --labels photos/labels.csv
@@ -102,7 +110,8 @@ def parse_args(argv: list[str] | None = None) -> IngestArgs:
     p.add_argument("--strict", action="store_true", help="fail on the first bad record")
     p.add_argument("--max-bad-fraction", type=float, default=DEFAULT_MAX_BAD_FRACTION,
                    help="fail when a larger fraction of the records is bad")
-    p.add_argument("--overwrite", action="store_true", help="replace a dataset already at --output")
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset already at --output (it stays "
+                   "readable until the new one is complete, and unchanged if the ingest fails)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--unlabelled", action="store_true",
                    help="folder source: allow a labels file without labels (no CSV column / JSON field)")

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     storage.use_s3_endpoint(config.storage.s3_endpoint)
     try:
         decision = run_promote(config, dry_run=args.dry_run or config.promote.dry_run)
-    except (FileNotFoundError, LookupError, ValueError) as exc:
+    except (FileNotFoundError, LookupError, ValueError, storage.StorageUnavailableError) as exc:
         log.error("%s", exc)
         return 2
     champion = "none" if decision.champion_version is None else f"v{decision.champion_version}"

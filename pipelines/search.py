@@ -13,6 +13,9 @@ or ``--text`` (comma-separated tags -> bag-of-words over the dataset's tag vocab
 text network; multimodal models only, e.g. DSMHN) -> ``hashing.index.HammingIndex`` with
 ``search.backend`` -> rank, key, Hamming distance and labels (class names from ``dataset.json``).
 
+Every shard of the searched split in ``dataset.json`` must have its code part (as for evaluate);
+``--allow-partial`` searches the parts there are and says how many are missing.
+
 Backends (``search.backend``): ``faiss`` (``IndexBinaryFlat``, exact; the default) gives exactly the
 ranking of ``numpy`` (our scan), ties in database order included; ``faiss-ivf`` (``IndexBinaryIVF``,
 ``search.nlist`` / ``search.nprobe``) is sub-linear and approximate, for large corpora; it is clustered
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_search(config, key=args.key, image=args.image, text=args.text, split=args.split,
                             allow_partial=args.allow_partial)
-    except (FileNotFoundError, LookupError, ValueError) as exc:
+    except (FileNotFoundError, LookupError, ValueError, storage.StorageUnavailableError) as exc:
         log.error("%s", exc)
         return 2
     print(f"model: models:/{result.model.name}/{result.model.version}")

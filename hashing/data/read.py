@@ -346,8 +346,8 @@ def read_split(root: str, split: str, preprocess: Preprocess, *, strict: bool = 
     """A Ray dataset of ``split``'s good samples, decoded and preprocessed (columns in the module docstring).
 
     Args:
-        root: dataset root URI (local or ``s3://``; S3 credentials are resolved here and shipped to
-            the workers, see ``storage.ray_filesystem``).
+        root: dataset root URI (local or ``s3://``; the workers resolve their own S3 credentials,
+            see ``storage.ray_filesystem``).
         split: ``train``, ``query`` or ``database``; ``UnknownSplitError`` lists the dataset's splits.
         preprocess: picklable image uint8[H, W, 3] -> float32[3, S, S] (e.g. ``transforms.Preprocess``).
         strict: fail the job on the first bad sample instead of skipping it.

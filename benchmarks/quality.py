@@ -299,13 +299,30 @@ def method_backbone(preset: Preset, features: FeatureSet, spatial_grid: int):
     return CachedTrunk(backbone) if preset.mode == "trunk" else backbone
 
 
+# ``--override METHOD:key=value`` (repeatable): config overrides of one method, e.g. the original recipe
+# ``idhn:method.params.theta_scale=null``; filled by ``main``.
+CONFIG_OVERRIDES: dict[str, list[str]] = {}
+
+
+def parse_overrides(items: list[str]) -> dict[str, list[str]]:
+    """``["idhn:train.lr=0.01", ...]`` -> ``{"idhn": ["train.lr=0.01"]}``; raises ValueError naming a bad item."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        method, sep, override = item.partition(":")
+        if not sep or method not in DEEP_METHODS or "=" not in override:
+            raise ValueError(f"--override {item!r}: expected METHOD:key=value with METHOD one of "
+                             f"{', '.join(DEEP_METHODS)}, e.g. idhn:method.params.theta_scale=null")
+        out.setdefault(method, []).append(override)
+    return out
+
+
 def train_deep_method(name: str, bits: int, features: FeatureSet, preset: Preset, epochs: int, seed: int,
                       lr_factor: float = 1.0, params: dict | None = None,
                       splits: tuple[str, ...] = ("query", "database")) -> Trained:
-    """Train method ``name`` (hyperparameters from ``configs/{name}.yaml``, ``params`` overriding its
-    method params, lr x ``lr_factor``) on the ``train`` split with ``epochs`` epochs of shuffled batches of
-    ``preset.batch_size`` rows (last partial batch dropped); encode ``splits``."""
-    config = load_config(REPO / "configs" / f"{name}.yaml", [f"model.bits={bits}"])
+    """Train method ``name`` (hyperparameters from ``configs/{name}.yaml`` with ``CONFIG_OVERRIDES``,
+    ``params`` overriding its method params, lr x ``lr_factor``) on the ``train`` split with ``epochs``
+    epochs of shuffled batches of ``preset.batch_size`` rows (last partial batch dropped); encode ``splits``."""
+    config = load_config(REPO / "configs" / f"{name}.yaml", [f"model.bits={bits}", *CONFIG_OVERRIDES.get(name, [])])
     train = features.splits["train"]
     backbone = method_backbone(preset, features, config.model.spatial_grid)
     torch.manual_seed(seed)  # the method's own layers and the shuffling differ by seed, the backbone does not
@@ -633,6 +650,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="override the preset's epochs (deep methods)")
     parser.add_argument("--val-size", type=int, help="validation rows carved out of train (default: the preset's)")
     parser.add_argument("--device", help="torch device (default: the preset's)")
+    parser.add_argument("--image-size", type=int, help="model input side in pixels (default: the preset's)")
+    parser.add_argument("--override", action="append", default=[], metavar="METHOD:key=value",
+                        help="config override for one deep method (repeatable), e.g. idhn:method.params.theta_scale=null")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset")
     parser.add_argument("--cache-dir", type=Path, default=REPO / "runs" / "bench-cache",
                         help="where backbone inputs / features are cached")
@@ -660,7 +680,9 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [int(s) for s in _choices(args.seeds, None, "seeds")]
         if any(b < 8 or b % 8 for b in bit_lengths):
             raise ValueError(f"--bits: code lengths must be multiples of 8 and >= 8, got {bit_lengths}")
-        for flag in ("epochs", "threads", "val_size"):
+        CONFIG_OVERRIDES.clear()
+        CONFIG_OVERRIDES.update(parse_overrides(args.override))
+        for flag in ("epochs", "threads", "val_size", "image_size"):
             if getattr(args, flag) is not None and getattr(args, flag) < 1:
                 raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     except ValueError as exc:
@@ -670,14 +692,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     preset = PRESETS_BY_NAME[args.preset]
     preset = replace(preset, **{k: v for k, v in (("dataset", args.dataset), ("device", args.device),
-                                                  ("val_size", args.val_size)) if v is not None})
+                                                  ("val_size", args.val_size), ("image_size", args.image_size))
+                                if v is not None})
     epochs = args.epochs or preset.epochs
     started = time.perf_counter()
 
     features = load_or_compute_features(preset, args.data_seed, args.cache_dir)
     tracker = Tracker(args.mlflow, f"quality-{args.preset}-{preset.dataset}",
                       {"preset": args.preset, "dataset": preset.dataset, "epochs": epochs, "seeds": args.seeds,
-                       "grid": args.grid, "bits": args.bits})
+                       "grid": args.grid, "bits": args.bits, "overrides": ";".join(args.override) or "-"})
     rows = []
     try:
         if "float" in methods:
@@ -704,7 +727,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({', '.join(f'{s} {n}' for s, n in sizes.items())}; val carved out of train), preset {args.preset}: "
           f"{preset.backbone} ({'ImageNet' if preset.pretrained else 'random'} weights) at {preset.image_size} px, "
           f"trained: {preset.trained}; deep methods: {epochs} epochs, batch {preset.batch_size}, grid {args.grid}, "
-          f"seeds {','.join(map(str, seeds))}; relevant = shares a label")
+          f"seeds {','.join(map(str, seeds))}; relevant = shares a label"
+          + (f"; config overrides: {'; '.join(args.override)}" if args.override else ""))
     print()
     print(format_table(rows))
     print()
@@ -717,6 +741,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwall time {wall:.0f} s")
     if args.json:
         args.json.write_text(json.dumps({"preset": args.preset, "dataset": preset.dataset, "epochs": epochs,
+                                         "image_size": preset.image_size, "overrides": args.override,
                                          "seeds": seeds, "grid": args.grid, "rows": rows, "targets": checks,
                                          "wall_s": wall}, indent=2))
     return 0

@@ -179,3 +179,20 @@ def test_grid_and_seed_runs_are_mlflow_child_runs(tmp_path, capsys):
     assert stages == ["final", "final", "grid", "grid", "grid", "grid"]
     assert all("val_map_at_1000" in r.data.metrics for r in children if r.data.params["stage"] == "grid")
     assert all("map_at_1000" in r.data.metrics for r in children if r.data.params["stage"] == "final")
+
+
+def test_override_flag_reaches_one_methods_config_and_bad_items_are_exit_code_2(tmp_path, monkeypatch, caplog):
+    assert quality.parse_overrides(["idhn:method.params.theta_scale=null", "idhn:train.lr=0.01",
+                                    "udmsh:model.spatial_grid=1"]) == {
+        "idhn": ["method.params.theta_scale=null", "train.lr=0.01"], "udmsh": ["model.spatial_grid=1"]}
+    for bad in ("itq:train.lr=1", "idhn-train.lr=1", "idhn:train.lr"):
+        with pytest.raises(ValueError, match="METHOD:key=value"):
+            quality.parse_overrides([bad])
+    assert quality.main(["--preset", "smoke", "--methods", "idhn", "--override", "nope:x=1",
+                         "--cache-dir", str(tmp_path)]) == 2
+    seen = []
+    real = quality.load_config
+    monkeypatch.setattr(quality, "load_config", lambda path, overrides: seen.append(overrides) or real(path, overrides))
+    assert quality.main(["--preset", "smoke", "--methods", "idhn", "--bits", "16", "--seeds", "0", "--grid", "none",
+                         "--override", "idhn:method.params.theta_scale=null", "--cache-dir", str(tmp_path)]) == 0
+    assert seen and all(o == ["model.bits=16", "method.params.theta_scale=null"] for o in seen)

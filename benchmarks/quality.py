@@ -55,7 +55,7 @@ from hashing.methods import build_method
 from hashing.methods.shallow import ITQ, LSH, cosine_ranking_report
 from hashing.metrics import retrieval_report
 from hashing.models import build_backbone
-from hashing.models.backbone import CachedTrunk
+from hashing.models.backbone import CachedTrunk, Features
 from hashing.models.small_cnn import CachedFeatures
 from hashing.training import encode_batches, fit
 
@@ -168,7 +168,7 @@ def cache_path(cache_dir: Path, preset: Preset, seed: int) -> Path:
     return cache_dir / f"{preset.dataset}-seed{seed}-{preset.backbone}{weights}-{preset.image_size}px-{preset.mode}.npz"
 
 
-def _frozen_backbone(preset: Preset, seed: int, spatial_grid: int = 2):
+def _frozen_backbone(preset: Preset, seed: int, spatial_grid: int = 2):  # 2 = CACHED_GRID
     torch.manual_seed(seed)  # a random backbone (smoke preset) is the same on every run
     return build_backbone(preset.backbone, pretrained=preset.pretrained, spatial_grid=spatial_grid)
 
@@ -290,11 +290,36 @@ class Trained:
     method: object = None
 
 
+CACHED_GRID = 2  # the frozen mode caches the spatial features pooled to this grid (_frozen_backbone)
+
+
+class RegriddedFeatures(CachedFeatures):
+    """Cached [global, spatial on a CACHED_GRID grid] rows, the spatial part re-pooled to ``grid``
+    (1: one global mean per channel, the previous spatial branch), so ``model.spatial_grid`` applies."""
+
+    def __init__(self, feature_dim: int, spatial_dim: int, grid: int) -> None:
+        super().__init__(feature_dim, spatial_dim // (CACHED_GRID // grid) ** 2)
+        if CACHED_GRID % grid:
+            raise ValueError(f"model.spatial_grid {grid} cannot be pooled from the cached {CACHED_GRID}x{CACHED_GRID} grid")
+        self.grid = grid
+        self.cached_width = feature_dim + spatial_dim
+        self.channels = spatial_dim // CACHED_GRID**2
+
+    def forward(self, images: torch.Tensor):
+        if images.ndim != 2 or images.shape[1] != self.cached_width:
+            raise ValueError(f"expected cached rows float[b, {self.cached_width}], got shape {tuple(images.shape)}")
+        cells = images[:, self.feature_dim :].reshape(-1, self.channels, CACHED_GRID, CACHED_GRID)
+        spatial = torch.nn.functional.adaptive_avg_pool2d(cells, self.grid).flatten(1)
+        return Features(images[:, : self.feature_dim], spatial)
+
+
 def method_backbone(preset: Preset, features: FeatureSet, spatial_grid: int):
     """The backbone a deep method trains with: ``CachedTrunk`` over a fresh pretrained backbone
-    (``trunk``), the whole fresh backbone (``images``), or ``CachedFeatures`` (``frozen``)."""
+    (``trunk``), the whole fresh backbone (``images``), or cached pooled features (``frozen``)."""
     if preset.mode == "frozen":
-        return CachedFeatures(features.global_dim, features.spatial_dim)
+        if spatial_grid == CACHED_GRID:
+            return CachedFeatures(features.global_dim, features.spatial_dim)
+        return RegriddedFeatures(features.global_dim, features.spatial_dim, spatial_grid)
     backbone = _frozen_backbone(preset, features.backbone_seed, spatial_grid)
     return CachedTrunk(backbone) if preset.mode == "trunk" else backbone
 

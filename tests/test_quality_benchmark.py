@@ -196,3 +196,21 @@ def test_override_flag_reaches_one_methods_config_and_bad_items_are_exit_code_2(
     assert quality.main(["--preset", "smoke", "--methods", "idhn", "--bits", "16", "--seeds", "0", "--grid", "none",
                          "--override", "idhn:method.params.theta_scale=null", "--cache-dir", str(tmp_path)]) == 0
     assert seen and all(o == ["model.bits=16", "method.params.theta_scale=null"] for o in seen)
+
+
+def test_frozen_mode_repools_the_cached_spatial_grid_for_a_grid_1_config():
+    import torch
+
+    from hashing.models import build_backbone
+
+    backbone = build_backbone("small_cnn", pretrained=False, spatial_grid=2).eval()
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        grid2 = backbone(images)
+        grid1 = backbone.set_spatial_grid(1)(images)
+    rows = torch.cat([grid2.global_, grid2.spatial], 1)
+    regridded = quality.RegriddedFeatures(128, 256, 1)
+    assert regridded.spatial_dim == 64
+    out = regridded(rows)
+    torch.testing.assert_close(out.spatial, grid1.spatial, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.global_, grid2.global_)

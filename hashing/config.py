@@ -427,8 +427,9 @@ class SearchSection(ModelRefSection):
 
     alias: str = "champion"
     k: int = Field(10, gt=0)
-    backend: Literal["numpy", "faiss", "faiss-ivf"] = Field(
-        "faiss", description="faiss: exact IndexBinaryFlat; faiss-ivf: sub-linear, approximate; numpy: exact scan"
+    backend: Literal["numpy", "faiss", "mih", "faiss-ivf"] = Field(
+        "faiss", description="faiss: exact IndexBinaryFlat; mih: exact, sub-linear multi-index hashing "
+        "(hashing/mih.py); faiss-ivf: sub-linear, approximate; numpy: exact scan"
     )
     nlist: int | None = Field(None, gt=0, description="faiss-ivf inverted lists; None: sqrt(database size)")
     nprobe: int = Field(8, gt=0, description="faiss-ivf lists scanned per query (more: better recall, slower)")

@@ -21,19 +21,21 @@ that finds it, decided from its own substring distances (it is new at probe (s, 
 distance is ``> s`` in every table before j and ``>= s`` in every table after j). So a search keeps no
 per-query state of size n and is safe to run from several threads at once.
 
-**Choosing m** (the paper's Section 4.4): substrings of about ``log2(n)`` bits, ``m ~ b / log2(n)``.
-Between ``floor`` and ``ceil`` of ``b / log2(n)`` this picks the one with the lower cost the paper's
-analysis gives for uniformly distributed codes (table lookups + candidates checked, at the expected
-k-NN radius for ``design_k`` neighbours); m is at least ``ceil(b / 32)`` (substrings of at most 32
-bits). Pass ``m=`` to override.
+**Choosing m** (the paper's Section 4.4): substrings of about ``log2(n)`` bits, ``m = b / log2(n)``,
+rounded up here (``choose_m``), so substrings have at most ``log2(n)`` bits and each table is a dense
+array of at most ~2n bucket offsets: one array read per lookup. Rounding down instead (64-bit codes
+at 1M: m = 3 instead of 4) measured 1.7x slower on random codes (no faster on clustered ones) and
+needs sorted substrings + binary search or 16 MB of offsets per table. m is at least
+``ceil(b / 32)`` (substrings of at most 32 bits). Pass ``m=`` to override.
 
 **State (bytes per code, besides the caller's codes, which are referenced, not copied).** Per table:
 the database positions sorted by substring value (``uint32`` ids: 4 bytes per code; ``uint64`` past
 2**32 codes) and either direct offsets (``uint32[2**L + 1]``, one bucket per substring value; used
 when that is no larger than the sorted substrings) or the sorted substring values themselves (2
-bytes per code for L <= 16, else 4), searched with ``numpy.searchsorted``. So ``4m`` to ``8m``
-bytes per code: for 64-bit codes, 12 bytes per code at 100M (m = 3, direct tables) and 24 at 1M (m =
-3, sorted 21/22-bit substrings). ``MultiIndexHash.state_bytes`` reports it exactly. Building a table
+bytes per code for L <= 16, else 4), searched with ``numpy.searchsorted``. With ``choose_m``'s m every
+table is direct (``2**L <= 2n``): about ``4m`` bytes per code plus at most ``8m`` for the offsets; for
+64-bit codes 12.3 bytes per code at 100M (m = 3) and 17 at 1M (m = 4). ``MultiIndexHash.state_bytes``
+reports it exactly. Building a table
 needs the substring column and its argsort (12 bytes per code) as temporaries, one table at a time.
 
 **Falling back to the scan.** Where MIH would examine more than ``fallback_work`` lookups +
@@ -65,7 +67,6 @@ from hashing.codes import check_codes, topk_hamming
 logger = logging.getLogger(__name__)
 
 MAX_SUBSTRING_BITS = 32
-DEFAULT_DESIGN_K = 100
 # Rows per chunk when extracting substrings during the build (bounds the temporaries).
 _BUILD_CHUNK_ROWS = 1 << 22
 # A probe of more masks than this (32 MB of int64) always falls back to the scan, whatever fallback_work says.
@@ -85,42 +86,13 @@ def substring_bounds(bits: int, m: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def knn_radius(bits: int, n: int, k: int) -> int:
-    """The expected k-NN radius for uniformly random codes: least r with ``n * P(d <= r) >= k``."""
-    total = 0
-    for r in range(bits + 1):
-        total += math.comb(bits, r)
-        if n * total >= k * 2**bits:
-            return r
-    return bits
-
-
-def expected_cost(bits: int, n: int, m: int, k: int = DEFAULT_DESIGN_K) -> float:
-    """The paper's cost for uniform codes: table lookups + candidates checked to reach the k-NN radius.
-
-    With substrings of L bits and full radius r, tables are probed up to substring radius
-    ``s = floor(r / m)``: ``m * sum_{i<=s} C(L, i)`` lookups, each returning ``n / 2**L`` codes on average.
-    """
-    r = knn_radius(bits, n, min(k, n))
-    s = r // m
-    lookups = candidates = 0.0
-    for start, stop in substring_bounds(bits, m):
-        length = stop - start
-        probed = sum(math.comb(length, i) for i in range(min(s, length) + 1))
-        lookups += probed
-        candidates += probed * n / 2**length
-    return lookups + candidates
-
-
-def choose_m(bits: int, n: int, k: int = DEFAULT_DESIGN_K) -> int:
-    """Substrings of about ``log2(n)`` bits: ``floor`` or ``ceil`` of ``bits / log2(n)``, the cheaper by
-    ``expected_cost``, at least ``ceil(bits / 32)`` and at most ``bits``."""
+def choose_m(bits: int, n: int) -> int:
+    """The paper's ``m = b / log2(n)``, rounded up: substrings of at most ``log2(n)`` bits, so a table has
+    at most about n buckets and is a dense offsets array; at least ``ceil(bits / 32)``, at most ``bits``."""
     lowest = -(-bits // MAX_SUBSTRING_BITS)
     if n < 2:
         return lowest
-    ideal = bits / math.log2(n)
-    options = sorted({min(bits, max(lowest, c)) for c in (math.floor(ideal), math.ceil(ideal))})
-    return min(options, key=lambda m: (expected_cost(bits, n, m, k), m))
+    return min(bits, max(lowest, math.ceil(bits / math.log2(n))))
 
 
 @functools.lru_cache(maxsize=512)
@@ -216,15 +188,13 @@ class MultiIndexHash:
     Args:
         codes: database codes ``uint8[n, B]`` (``numpy.packbits`` order); referenced, not copied, when
             C-contiguous.
-        m: number of substrings (tables); None: ``choose_m(bits, n, design_k)``.
-        design_k: the k that ``choose_m`` plans for.
+        m: number of substrings (tables); None: ``choose_m(bits, n)``.
         fallback_work: lookups + candidates after which a query is answered by the linear scan instead
-            (same result); None: ``n // 4`` (the scan touches every code, but sequentially, several
+            (same result); None: ``n // 8`` (the scan touches every code, but sequentially, several
             times cheaper per code than a candidate's random access); 0 never falls back.
     """
 
-    def __init__(self, codes: np.ndarray, m: int | None = None, design_k: int = DEFAULT_DESIGN_K,
-                 fallback_work: int | None = None) -> None:
+    def __init__(self, codes: np.ndarray, m: int | None = None, fallback_work: int | None = None) -> None:
         check_codes(codes, "index codes")
         self.codes = np.ascontiguousarray(codes)
         n, width = self.codes.shape
@@ -232,7 +202,7 @@ class MultiIndexHash:
         if n >= 2**63:
             raise ValueError(f"too many codes: {n}")
         if m is None:
-            m = choose_m(bits, n, design_k)
+            m = choose_m(bits, n)
         if isinstance(m, bool) or not isinstance(m, (int, np.integer)):
             raise ValueError(f"m must be an int, got {m!r}")
         m = int(m)
@@ -241,7 +211,7 @@ class MultiIndexHash:
             raise ValueError(f"m must be in [{lowest}, {bits}] for {bits}-bit codes "
                              f"(substrings of 1 to {MAX_SUBSTRING_BITS} bits), got {m}")
         self.m = m
-        self.fallback_work = n // 4 if fallback_work is None else int(fallback_work)
+        self.fallback_work = n // 8 if fallback_work is None else int(fallback_work)
         self._words = _word_view(self.codes)
         self._id_dtype = np.uint32 if n <= 2**32 else np.uint64
         self._shift = max(1, (n - 1).bit_length())
@@ -277,7 +247,7 @@ class MultiIndexHash:
             values[i: i + _BUILD_CHUNK_ROWS] = _substring_values(self.codes[i: i + _BUILD_CHUNK_ROWS], start, stop)
         order = np.argsort(values, kind="stable")  # stable: positions ascend within a bucket
         ids = order.astype(self._id_dtype)
-        direct = 4 * (2**length + 1) <= values.itemsize * n
+        direct = 2**length <= 2 * n  # always with choose_m's m
         if direct:
             counts = np.bincount(values, minlength=2**length)
             offsets = np.zeros(2**length + 1, dtype=self._id_dtype)
@@ -359,15 +329,17 @@ class MultiIndexHash:
                         stats.candidates += total
                         ends = np.cumsum(lengths)
                         positions = np.arange(total, dtype=np.int64) + np.repeat(starts - (ends - lengths), lengths)
-                        candidates = table.ids[positions].astype(np.int64)
+                        candidates = table.ids[positions]
                         x = db[candidates] ^ q_word
-                        d = np.bitwise_count(x) if one_word else np.bitwise_count(x).sum(axis=1, dtype=np.int64)
+                        d = np.bitwise_count(x) if one_word else np.bitwise_count(x).sum(axis=1, dtype=np.uint16)
+                        if best.size == k:  # only a distance <= the k-th one's can enter
+                            near = np.flatnonzero(d <= (kth_key >> shift))
+                            candidates, x, d = candidates[near], x[near], d[near]
+                        if m > 1 and candidates.size:
+                            new = self._first_found(x, j, s, one_word)
+                            candidates, d = candidates[new], d[new]
                         keys = (d.astype(np.int64) << shift) | candidates
-                        keep = keys < kth_key
-                        if m > 1 and keep.any():
-                            keys, x = keys[keep], x[keep]
-                            keep = self._first_found(x, j, s, one_word)
-                        keys = keys[keep]
+                        keys = keys[keys < kth_key]
                         if keys.size:
                             best = np.concatenate([best, keys])
                             if best.size > k:

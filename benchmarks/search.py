@@ -2,6 +2,17 @@
 
     .venv/bin/python benchmarks/search.py [--n 1000000] [--queries 200] [--bits 64] [--k 100]
         [--builtin default|small|tiny|none] [--repeats 3] [--seed 0]
+    .venv/bin/python benchmarks/search.py --sizes 1000000,10000000[,100000000] [--queries 200]
+        [--scan-queries N] [--clusters 4096] [--flip-log2 4] [--k 100] [--repeats 3]
+
+With ``--sizes``, the scale table instead (see ``scale_rows``): multi-index hashing
+(``hashing.mih.MultiIndexHash``, exact) vs our scan vs faiss ``IndexBinaryFlat`` (1 thread) at each
+size, on random codes and on clustered ones (``--clusters`` centres, each bit flipped with probability
+``2**-flip_log2``, as learned codes are); build time, memory per million codes, results identical,
+and the growth exponent of each implementation's cost per query from the smallest to the largest size.
+Columns: ``held MB`` = what the index keeps besides the caller's codes (MIH: its tables; faiss: its
+copy of the codes); ``peak temp MB`` = tracemalloc peak of building MIH (tables + sort temporaries),
+of one scan query (ours), not measured for faiss; ``work`` = MIH's lookups and candidates per query.
 
 Two databases:
 - random: ``--n`` uniformly random codes of ``--bits`` bits, ``--queries`` random queries.
@@ -24,8 +35,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
+import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -37,8 +50,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import best_time, machine, markdown_table
 from hashing.codes import pack_signs
 from hashing.data.builtin import PRESETS, builtin_samples
+from hashing.codes import topk_hamming
 from hashing.index import HammingIndex
 from hashing.methods.shallow import LSH
+from hashing.mih import MultiIndexHash
 
 log = logging.getLogger("bench.search")
 
@@ -64,6 +79,134 @@ def builtin_case(preset: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     database = pixels("database")
     lsh = LSH(BUILTIN_BITS, seed=seed).fit(database)
     return pack_signs(lsh.encode(pixels("query"))), pack_signs(lsh.encode(database))
+
+
+def random_codes(n: int, bits: int, rng: np.random.Generator) -> np.ndarray:
+    """``uint8[n, bits // 8]`` uniformly random codes (random bytes: fast at 100M)."""
+    return np.frombuffer(rng.bytes(n * (bits // 8)), dtype=np.uint8).reshape(n, bits // 8)
+
+
+def clustered_codes(n: int, centres: np.ndarray, flip_log2: int, rng: np.random.Generator,
+                    chunk: int = 1 << 22) -> np.ndarray:
+    """``uint8[n, B]``: each code a random one of ``centres`` (uint8[c, B]) with every bit flipped with
+    probability ``2**-flip_log2`` (the AND of ``flip_log2`` random bytes). Vectorised, ``chunk`` rows at a time."""
+    width = centres.shape[1]
+    out = np.empty((n, width), dtype=np.uint8)
+    for i in range(0, n, chunk):
+        rows = min(chunk, n - i)
+        noise = random_codes(rows, width * 8, rng).copy()
+        for _ in range(flip_log2 - 1):
+            noise &= random_codes(rows, width * 8, rng)
+        np.bitwise_xor(centres[rng.integers(0, len(centres), rows)], noise, out=out[i: i + rows])
+    return out
+
+
+def scale_case(kind: str, n: int, queries: int, bits: int, clusters: int, flip_log2: int,
+               seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(queries, database)`` for the scale table: ``random`` codes, or ``clustered`` around ``clusters``
+    random centres (queries drawn around the same centres, as held-out items of the same data)."""
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        return random_codes(queries, bits, rng), random_codes(n, bits, rng)
+    centres = random_codes(clusters, bits, rng)
+    return clustered_codes(queries, centres, flip_log2, rng), clustered_codes(n, centres, flip_log2, rng)
+
+
+def scale_rows(kind: str, queries: np.ndarray, database: np.ndarray, k: int, scan_queries: int,
+               repeats: int) -> list[dict[str, object]]:
+    """MIH (every query), our scan and faiss ``IndexBinaryFlat`` with 1 thread (the first
+    ``scan_queries`` queries) on one database; MIH and faiss results compared with the scan's."""
+    import faiss
+
+    n = database.shape[0]
+    scan_q = queries[:scan_queries]
+    timing, (distances, ids) = best_time(lambda: topk_hamming(scan_q, database, k), repeats)
+    rows = [{"database": kind, "n": n, "implementation": "our scan (numpy)", "queries": len(scan_q),
+             "seconds": timing.wall, "identical": True, "build_s": 0.0, "held_mb": 0.0,
+             "peak_mb": peak_traced(lambda: topk_hamming(scan_q[:1], database, k)) / MB, "detail": ""}]
+
+    tracemalloc.start()
+    started = time.perf_counter()
+    index = MultiIndexHash(database)
+    build = time.perf_counter() - started
+    build_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    timing, (m_distances, m_ids) = best_time(lambda: index.search(queries, k), repeats)
+    stats = index.last_stats
+    rows.append({"database": kind, "n": n, "implementation": f"MIH (m={index.m})", "queries": len(queries),
+                 "seconds": timing.wall,
+                 "identical": bool(np.array_equal(m_ids[:scan_queries], ids)
+                                   and np.array_equal(m_distances[:scan_queries], distances)),
+                 "build_s": build, "held_mb": index.state_bytes / MB, "peak_mb": build_peak / MB,
+                 "detail": f"{stats.lookups / stats.queries:.0f} lookups + {stats.candidates / stats.queries:.0f} "
+                           f"candidates per query, radius <= {stats.max_radius}, {stats.fallbacks} scan fallbacks"})
+    del index
+
+    threads_before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        started = time.perf_counter()
+        flat = flat_index(database)
+        build = time.perf_counter() - started
+        timing, (f_distances, f_ids) = best_time(lambda: flat.search(scan_q, k), repeats)
+        rows.append({"database": kind, "n": n, "implementation": "faiss IndexBinaryFlat (1 thread)",
+                     "queries": len(scan_q), "seconds": timing.wall,
+                     "identical": bool(np.array_equal(f_ids, ids) and np.array_equal(f_distances, distances)),
+                     "build_s": build, "held_mb": flat.ntotal * flat.code_size / MB, "peak_mb": 0.0, "detail": ""})
+        del flat
+    finally:
+        faiss.omp_set_num_threads(threads_before)
+    scan_rate = rows[0]["queries"] / rows[0]["seconds"]
+    for row in rows:
+        row["queries_per_s"] = row["queries"] / row["seconds"]
+        row["vs_scan"] = row["queries_per_s"] / scan_rate
+        row["mb_per_million"] = (database.nbytes + row["held_mb"] * MB) / MB / (n / 1e6)
+    return rows
+
+
+def growth_exponents(rows: list[dict[str, object]]) -> dict[tuple[str, str], float]:
+    """``{(database, implementation): a}``: least-squares slope of log(seconds per query) on log(n) over
+    the sizes measured (cost ~ n**a; the scan's a is ~1, sub-linear below 1)."""
+    groups: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for r in rows:
+        name = str(r["implementation"]).split(" (m=")[0]
+        groups.setdefault((str(r["database"]), name), []).append((math.log(r["n"]), math.log(1 / r["queries_per_s"])))
+    out = {}
+    for key, points in groups.items():
+        if len({x for x, _ in points}) > 1:
+            x, y = np.array(points).T
+            out[key] = float(np.polyfit(x, y, 1)[0])
+    return out
+
+
+def run_scale(sizes: list[int], queries: int, scan_queries: int | None, bits: int, k: int, clusters: int,
+              flip_log2: int, repeats: int, seed: int) -> tuple[list[dict[str, object]], dict]:
+    """Every (size, random/clustered) row of the scale table and the growth exponents."""
+    rows: list[dict[str, object]] = []
+    for n in sizes:
+        for kind in ("random", "clustered"):
+            q, database = scale_case(kind, n, queries, bits, clusters, flip_log2, seed)
+            scan = scan_queries if scan_queries is not None else (
+                queries if n <= 1_000_000 else max(10, round(queries * 1_000_000 / n)))
+            log.warning("%s %d codes: %d MIH queries, %d scan/faiss queries", kind, n, queries, min(scan, queries))
+            rows += scale_rows(f"{kind} {bits}-bit", q, database, k, min(scan, queries), repeats)
+            del q, database
+    return rows, growth_exponents(rows)
+
+
+def print_scale(rows: list[dict[str, object]], exponents: dict) -> bool:
+    """Print the scale table and exponents; True when every result equals the scan's."""
+    print(markdown_table(
+        ["database", "n", "implementation", "queries", "queries/s", "vs scan", "identical to scan", "build s",
+         "held MB", "MB / 1M codes (codes + held)", "peak temp MB", "work"],
+        [[r["database"], r["n"], r["implementation"], r["queries"], f"{r['queries_per_s']:.1f}",
+          f"{r['vs_scan']:.1f}x", "yes" if r["identical"] else "NO", f"{r['build_s']:.1f}", f"{r['held_mb']:.0f}",
+          f"{r['mb_per_million']:.1f}", f"{r['peak_mb']:.0f}", r["detail"]] for r in rows]))
+    for (database, name), a in sorted(exponents.items()):
+        print(f"cost per query ~ n^{a:.2f}: {name}, {database}")
+    identical = all(r["identical"] for r in rows)
+    print(f"results identical to the scan (ids, distances, tie order): {'yes' if identical else 'NO'}")
+    return identical
 
 
 def peak_rss_growth(fn: Callable[[], object]) -> int:
@@ -150,10 +293,32 @@ def main(argv: list[str] | None = None) -> int:
                         help="built-in dataset preset for the second database (none: skip it)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sizes", help="comma-separated database sizes for the MIH scale table "
+                        "(e.g. 1000000,10000000,100000000); given: only that table")
+    parser.add_argument("--scan-queries", type=int, help="queries timed for the scan and faiss in the scale "
+                        "table (default: all up to 1M codes, else max(10, queries * 1M / n))")
+    parser.add_argument("--clusters", type=int, default=4096, help="centres of the clustered codes")
+    parser.add_argument("--flip-log2", type=int, default=4, help="clustered codes flip each bit with "
+                        "probability 2**-flip_log2 (4: 1/16, about 4 of 64 bits)")
     args = parser.parse_args(argv)
     if min(args.n, args.queries, args.k, args.repeats) < 1 or args.bits % 8 or args.bits < 8:
         log.error("--n, --queries, --k, --repeats must be >= 1 and --bits a multiple of 8")
         return 2
+    if args.sizes:
+        try:
+            sizes = [int(float(x)) for x in args.sizes.split(",")]
+        except ValueError:
+            sizes = []
+        if not sizes or min(sizes) < 1 or args.clusters < 1 or args.flip_log2 < 1 or (
+                args.scan_queries is not None and args.scan_queries < 1):
+            log.error("--sizes must be comma-separated ints >= 1; --clusters, --flip-log2, --scan-queries >= 1")
+            return 2
+        print(f"# Search at scale: exact top-{args.k} Hamming, single-threaded, best of {args.repeats}; "
+              f"clustered: {args.clusters} centres, bits flipped with p = 2^-{args.flip_log2}")
+        print(machine())
+        rows, exponents = run_scale(sizes, args.queries, args.scan_queries, args.bits, args.k, args.clusters,
+                                    args.flip_log2, args.repeats, args.seed)
+        return 0 if print_scale(rows, exponents) else 1
 
     print(f"# Search: exact top-{args.k} Hamming, whole query batch per search (best of {args.repeats})")
     print(machine())

@@ -184,3 +184,18 @@ def test_faiss_multi_hash_is_not_exact_knn() -> None:
     assert not np.array_equal(faiss_ids, expected_ids)
     distances, ids = MultiIndexHash(database).search(queries, 10)
     assert np.array_equal(ids, expected_ids) and np.array_equal(distances, expected_distances)
+
+
+def test_the_scale_benchmark_runs_on_tiny_sizes_with_identical_results(capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("faiss")
+    from benchmarks import search
+
+    centres = np.zeros((3, 8), np.uint8)
+    codes = search.clustered_codes(5000, centres, 4, np.random.default_rng(0), chunk=1000)
+    assert codes.shape == (5000, 8) and 0.04 < np.unpackbits(codes).mean() < 0.09  # p = 1/16 per bit
+    assert search.main(["--sizes", "3000,6000", "--queries", "8", "--scan-queries", "4", "--k", "20",
+                        "--clusters", "16", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "MIH (m=" in out and "clustered 64-bit" in out and "cost per query ~ n^" in out
+    assert "results identical to the scan (ids, distances, tie order): yes" in out
+    assert search.main(["--sizes", "0"]) == 2

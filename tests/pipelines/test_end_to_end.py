@@ -30,6 +30,7 @@ def _run_demo(root: Path, *overrides: str) -> str:
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
+    assert "Traceback" not in output, output[-6000:]  # a healthy run reads as one (issue 14)
     return done.stdout
 
 

@@ -408,9 +408,12 @@ def _next_prefix(old: DatasetManifest) -> str:
 
 
 def _remove_old_shards(output: str, old: DatasetManifest, new: DatasetManifest) -> None:
-    """Delete ``old``'s shards that ``new`` does not use (after the switch; a failure only leaves files)."""
+    """Delete ``old``'s shards that ``new`` does not use, and the report of ``old``'s generation folder
+    (after the switch; a failure only leaves files behind)."""
     keep = {s.path for split in new.splits.values() for s in split.shards}
-    for path in sorted({s.path for split in old.splits.values() for s in split.shards} - keep):
+    old_paths = {s.path for split in old.splits.values() for s in split.shards}
+    folders = {p.split("/", 1)[0] for p in old_paths if re.match(r"g\d+/", p)}
+    for path in sorted(old_paths - keep) + [f"{f}/{QUARANTINE_NAME}" for f in sorted(folders)]:
         try:
             storage.delete(storage.join(output, path))
         except OSError as exc:

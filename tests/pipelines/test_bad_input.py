@@ -159,7 +159,20 @@ def test_failed_overwrite_keeps_the_old_dataset_readable(folder: Path, tmp_path:
     assert _report(out) == [("missing_image", "gone", "labels.csv:5")]
     assert _ingest(out, folder / "labels.csv", "--overwrite", "--max-bad-fraction", "0.5") == 0
     assert load_manifest(str(out)).split("train").shards[0].path.startswith("g2/")
-    assert not (out / "g1").exists() or not list((out / "g1").rglob("*.tar"))
+    assert not [p for p in (out / "g1").rglob("*") if p.is_file()]
+
+
+def test_failed_overwrite_on_s3_keeps_the_old_dataset(folder: Path, s3_bucket: str) -> None:
+    root = f"{s3_bucket}/ds"
+    assert ingest.main(["--output", root, "--preset", "tiny", "--shard-size", "200", "--no-progress"]) == 0
+    before = load_manifest(root)
+    (folder / "labels.csv").write_text("key,image,labels,split\na,img/cat.png,0,train\nb,img/gone.png,0,query\n")
+    assert _ingest(root, folder / "labels.csv", "--overwrite") == 2
+    assert load_manifest(root) == before and len(list(iter_split(root, "query"))) == 64
+    assert _ingest(root, folder / "labels.csv", "--overwrite", "--max-bad-fraction", "0.5") == 0
+    assert [s["key"] for s in iter_split(root, "train")] == ["a"]
+    assert [uri.removeprefix(root + "/") for uri in storage.list_files(root)] == [
+        "dataset.json", "g1/quarantine.json", "g1/train/shard-000000.tar", "quarantine.json"]
 
 
 # 3: a label that is neither an index nor a name ------------------------------------------------------

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     storage.use_s3_endpoint(config.storage.s3_endpoint)
     try:
         decision = run_promote(config, dry_run=args.dry_run or config.promote.dry_run)
-    except (FileNotFoundError, LookupError, ValueError, storage.StorageUnavailableError) as exc:
+    except (FileNotFoundError, LookupError, ValueError, ConnectionError) as exc:  # ConnectionError: S3, MLflow
         log.error("%s", exc)
         return 2
     champion = "none" if decision.champion_version is None else f"v{decision.champion_version}"
@@ -92,10 +92,12 @@ def run_promote(config: Config, dry_run: bool = False) -> Decision:
 
     Raises:
         LookupError: no such registered model, or no ``challenger`` alias.
+        ConnectionError: no MLflow server answers at an ``http(s)://`` tracking URI; S3 does not answer.
         ValueError: the challenger has no evaluation, or none with ``promote.metric``, or its evaluation
             tags do not name a finished evaluation run of it (forged or stale tags).
         FileNotFoundError: ``promote.model`` is unset and there is no dataset at ``dataset.uri``.
     """
+    tracking.check_tracking_server(config)
     tracking.setup_tracking(config)
     name = config.promote.model or tracking.registered_model_name(
         config.method.name, load_manifest(config.dataset.uri).name)

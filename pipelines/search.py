@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_search(config, key=args.key, image=args.image, text=args.text, split=args.split,
                             allow_partial=args.allow_partial)
-    except (FileNotFoundError, LookupError, ValueError, storage.StorageUnavailableError) as exc:
+    except (FileNotFoundError, LookupError, ValueError, ConnectionError) as exc:  # ConnectionError: S3, MLflow
         log.error("%s", exc)
         return 2
     print(f"model: models:/{result.model.name}/{result.model.version}")
@@ -113,6 +113,7 @@ def run_search(config: Config, key: str | None = None, image: str | None = None,
 
     Raises:
         LookupError: the model, version, alias or key does not exist.
+        ConnectionError: no MLflow server answers at an ``http(s)://`` tracking URI; S3 does not answer.
         FileNotFoundError: no image at ``image``; no dataset at ``dataset.uri`` when one is needed
             (``search.model`` unset, or ``text``).
         ValueError: an unreadable image (or a folder), a model without a text network, no known tag in
@@ -121,6 +122,7 @@ def run_search(config: Config, key: str | None = None, image: str | None = None,
     """
     if [key, image, text].count(None) != 2:
         raise ValueError("give exactly one of key, image, text")
+    tracking.check_tracking_server(config)
     tracking.setup_tracking(config)
     manifest = _manifest(config, required=config.search.model is None or text is not None)
     model = tracking.resolve_section_model(config.search, config.method.name,

@@ -437,6 +437,22 @@ def test_train_with_no_tracking_server_fails_in_seconds_before_ray(tiny_dataset:
     assert not ray.is_initialized()
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("job", ["search", "promote"])
+def test_search_and_promote_with_no_tracking_server_fail_in_seconds(model_registry, services, caplog,
+                                                                    job: str) -> None:
+    import importlib
+
+    uri = f"http://127.0.0.1:{services.free_port()}"
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR):
+        assert importlib.import_module(f"pipelines.{job}").main(
+            model_registry.args(f"tracking.uri={uri}", *(["--key", "x"] if job == "search" else []))) == 2
+    assert time.monotonic() - started < 15
+    (message,) = _errors(caplog)
+    assert message.startswith(f"no MLflow tracking server answers at {uri}") and "start the server" in message
+
+
 def test_tracking_check_accepts_any_http_answer_and_skips_sqlite(tmp_path: Path) -> None:
     import http.server
     import threading

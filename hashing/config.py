@@ -10,18 +10,20 @@ workers) sees the same folders.
 
 Secrets never belong here: S3 keys and tracking tokens come from the environment
 (``AWS_*``, ``MLFLOW_TRACKING_*``); a URI with ``user:password@`` in it is rejected.
+
+This module is the schema (sections, validation, error messages). Reading YAML files with ``include:``
+and ``key=value`` overrides is ``hashing.config_loader``; the jobs' argparse glue is ``hashing.cli_args``.
+Their public names (``load_config``, ``apply_override``, ``config_parser``, ``config_from_args``,
+``parse_cli``) can still be imported from here.
 """
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import os
 import re
-import sys
 import typing
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -37,14 +39,15 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from hashing.errors import UserError
+
 # Constructor arguments the jobs fill from the dataset and the model section, not from method.params.
 _FIXED_METHOD_ARGS = frozenset({"self", "backbone", "bits", "num_classes", "tag_vocab_size"})
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 _CREDENTIALS_IN_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@\s]*:[^/@\s]*@")
-_OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot be loaded or validated. ``errors`` holds one line per bad key."""
 
     def __init__(self, errors: Sequence[str], source: str = "config") -> None:
@@ -506,111 +509,6 @@ def validate_config(data: Mapping[str, Any], source: str = "config") -> Config:
         raise ConfigError([_format_error(e, Config) for e in exc.errors()], source) from None
 
 
-def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep merge: nested mappings merge key by key, any other value in ``top`` replaces."""
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(dict(out[key]), value)
-        else:
-            out[key] = value
-    return out
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects a key given twice in one mapping (YAML itself keeps the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (the first one would be silently ignored)",
-                    key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping)
-
-
-def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Load ``path`` with its ``include:`` files (relative to it) merged underneath its own keys."""
-    path = path.resolve()
-    where = f" (included from {chain[-1]})" if chain else ""
-    if path in chain:
-        raise ConfigError([f"include cycle: {' -> '.join(map(str, (*chain, path)))}"], str(chain[0]))
-    if not path.is_file():
-        raise ConfigError([f"config file not found: {path}{where}"], str(path))
-    try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: not valid YAML: {exc}"], str(path)) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            [f"{path}: top level must be a mapping of sections, got {type(data).__name__}"], str(path)
-        )
-    includes = data.pop("include", [])
-    if isinstance(includes, str):
-        includes = [includes]
-    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
-        raise ConfigError(
-            [f"{path}: 'include' must be a file path or a list of them, got {includes!r}"], str(path)
-        )
-    merged: dict[str, Any] = {}
-    for include in includes:
-        merged = _merge(merged, _read_yaml(path.parent / include, (*chain, path)))
-    return _merge(merged, data)
-
-
-def apply_override(data: dict[str, Any], override: str) -> None:
-    """Set ``a.b.c=value`` in ``data`` in place; the value is YAML (``2``, ``false``, ``[1, 2]``)."""
-    key, sep, raw = override.partition("=")
-    key = key.strip()
-    if not sep or not _OVERRIDE_KEY.match(key):
-        raise ConfigError(
-            [f"override {override!r}: expected key=value with a dotted key, e.g. train.epochs=2"]
-        )
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"override {override!r}: the value is not valid YAML ({exc})"]) from None
-    node = data
-    parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            prefix = ".".join(parts[: i + 1])
-            raise ConfigError([f"override {override!r}: {prefix} is a value ({child!r}), not a section"])
-        node = child
-    node[parts[-1]] = value
-
-
-def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> Config:
-    """Load a YAML config (with its includes), apply ``key=value`` overrides, validate.
-
-    Args:
-        path: YAML file; None starts from the schema defaults (built-in tiny dataset, IDHN).
-        overrides: ``"train.epochs=2"``, ``"model.pretrained=false"``, ``"method.params.alpha=0.2"``.
-
-    Raises:
-        ConfigError: a missing/unparsable file or include, a malformed override, or any invalid
-            key or value (all of them listed, each with what is allowed).
-    """
-    overrides = list(overrides)
-    data = _read_yaml(Path(path)) if path is not None else {}
-    for override in overrides:
-        apply_override(data, override)
-    source = str(path) if path is not None else "config (defaults)"
-    if overrides:
-        # keys only: a value may be something that must not be echoed (the error names bad values itself)
-        source += f" with overrides of {', '.join(o.partition('=')[0] for o in overrides)}"
-    return validate_config(data, source)
-
-
 def config_to_dict(config: Config) -> dict[str, Any]:
     """The resolved config as plain JSON/YAML-safe data; ``validate_config`` of it gives it back."""
     return config.model_dump(mode="json")
@@ -636,36 +534,16 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_parser(description: str) -> argparse.ArgumentParser:
-    """An argparse parser with ``--config PATH``, ``--print-config`` and positional ``key=value`` overrides.
-
-    Jobs add their own flags to it, then call ``config_from_args``.
-    """
-    parser = argparse.ArgumentParser(
-        description=description,
-        epilog="overrides: dotted config keys with YAML values, e.g. train.epochs=2 model.pretrained=false",
-    )
-    parser.add_argument(
-        "--config", metavar="PATH", help="YAML config (see configs/); default: schema defaults"
-    )
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    return parser
+# Names that moved to hashing.config_loader / hashing.cli_args, still importable from here (lazily: those
+# modules import this one).
+_MOVED = {"load_config": "hashing.config_loader", "apply_override": "hashing.config_loader",
+          "config_parser": "hashing.cli_args", "config_from_args": "hashing.cli_args",
+          "parse_cli": "hashing.cli_args"}
 
 
-def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Config:
-    """Load the config ``args`` (from ``config_parser``) names; a bad config exits via ``parser.error``."""
-    try:
-        config = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    if args.print_config:
-        sys.stdout.write(config_to_yaml(config))
-        parser.exit(0)
-    return config
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
 
-
-def parse_cli(argv: Sequence[str] | None = None, description: str = "") -> Config:
-    """``--config PATH [key=value ...] [--print-config]`` -> ``Config`` (argv None: ``sys.argv[1:]``)."""
-    parser = config_parser(description)
-    return config_from_args(parser, parser.parse_intermixed_args(argv))
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

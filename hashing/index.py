@@ -8,8 +8,8 @@ Backends:
 - ``"mih"``: ``hashing.mih.MultiIndexHash`` (multi-index hashing, Norouzi et al. 2014); exact and
   identical to ``"numpy"``, tie order included, and sub-linear: m substring tables probed at
   increasing radius until the k-th distance is proven final. Fastest where neighbours are near
-  (learned, clustered codes): at 100M clustered 64-bit codes, hundreds of times the scan's queries/s
-  (``benchmarks/search.py``). Its tables take about 4 bytes per code per table (m = 3-4 for 64 bits).
+  (learned, clustered codes): at 100M clustered 64-bit codes, 258x the scan's queries/s, single-threaded
+  (``benchmarks/README.md``). Its tables take about 4 bytes per code per table (m = 3-4 for 64 bits).
   faiss has no exact equivalent (``IndexBinaryMultiHash`` probes a fixed radius: approximate).
 - ``"faiss-ivf"``: ``faiss.IndexBinaryIVF``; **approximate**. The codes are clustered into ``nlist``
   inverted lists (binary k-means) and a query scans only the ``nprobe`` nearest lists, so a search

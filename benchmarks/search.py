@@ -48,9 +48,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import best_time, machine, markdown_table
-from hashing.codes import pack_signs
+from hashing.codes import pack_signs, topk_hamming
 from hashing.data.builtin import PRESETS, builtin_samples
-from hashing.codes import topk_hamming
 from hashing.index import HammingIndex
 from hashing.methods.shallow import LSH
 from hashing.mih import MultiIndexHash
@@ -140,7 +139,7 @@ def scale_rows(kind: str, queries: np.ndarray, database: np.ndarray, k: int, sca
                  "build_s": build, "held_mb": index.state_bytes / MB, "peak_mb": build_peak / MB,
                  "detail": f"{stats.lookups / stats.queries:.0f} lookups + {stats.candidates / stats.queries:.0f} "
                            f"candidates per query, radius <= {stats.max_radius}, {stats.fallbacks} scan fallbacks"})
-    del index
+    index = None  # frees the tables before faiss copies the codes
 
     threads_before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
@@ -153,7 +152,7 @@ def scale_rows(kind: str, queries: np.ndarray, database: np.ndarray, k: int, sca
                      "queries": len(scan_q), "seconds": timing.wall,
                      "identical": bool(np.array_equal(f_ids, ids) and np.array_equal(f_distances, distances)),
                      "build_s": build, "held_mb": flat.ntotal * flat.code_size / MB, "peak_mb": 0.0, "detail": ""})
-        del flat
+        flat = None
     finally:
         faiss.omp_set_num_threads(threads_before)
     scan_rate = rows[0]["queries"] / rows[0]["seconds"]

@@ -203,14 +203,11 @@ class MultiIndexHash:
             raise ValueError(f"too many codes: {n}")
         if m is None:
             m = choose_m(bits, n)
-        if isinstance(m, bool) or not isinstance(m, (int, np.integer)):
-            raise ValueError(f"m must be an int, got {m!r}")
-        m = int(m)
         lowest = -(-bits // MAX_SUBSTRING_BITS)
-        if not lowest <= m <= bits:
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not lowest <= m <= bits:
             raise ValueError(f"m must be in [{lowest}, {bits}] for {bits}-bit codes "
-                             f"(substrings of 1 to {MAX_SUBSTRING_BITS} bits), got {m}")
-        self.m = m
+                             f"(substrings of 1 to {MAX_SUBSTRING_BITS} bits), got {m!r}")
+        self.m = int(m)
         self.fallback_work = n // 8 if fallback_work is None else int(fallback_work)
         self._words = _word_view(self.codes)
         self._id_dtype = np.uint32 if n <= 2**32 else np.uint64

@@ -10,7 +10,14 @@ import pytest
 from hashing import code_shards
 from hashing.codes import topk_hamming
 from hashing.index import HammingIndex
-from hashing.mih import MAX_SUBSTRING_BITS, MultiIndexHash, build_from_split, choose_m, shell_masks, substring_bounds
+from hashing.mih import (
+    MAX_SUBSTRING_BITS,
+    MultiIndexHash,
+    build_from_split,
+    choose_m,
+    shell_masks,
+    substring_bounds,
+)
 
 
 def random_codes(rng: np.random.Generator, n: int, bits: int) -> np.ndarray:
@@ -199,3 +206,26 @@ def test_the_scale_benchmark_runs_on_tiny_sizes_with_identical_results(capsys: p
     assert "MIH (m=" in out and "clustered 64-bit" in out and "cost per query ~ n^" in out
     assert "results identical to the scan (ids, distances, tie order): yes" in out
     assert search.main(["--sizes", "0"]) == 2
+
+
+def test_the_search_job_builds_an_mih_index_over_the_code_shards(tmp_path) -> None:
+    """pipelines/search.py's build_index with search.backend=mih: same ranking as the default faiss backend."""
+    from hashing.config import Config
+    from pipelines.search import build_index
+
+    rng = np.random.default_rng(10)
+    centres = rng.integers(0, 2, (4, 64), dtype=np.uint8)
+    split_root = str(tmp_path / "database")
+    for i, n in enumerate((400, 350)):
+        shard = f"database/shard-{i:06d}.tar"
+        meta = code_shards.PartMeta(64, "idhn", "models:/m/1", "fp", shard, "0" * 64)
+        code_shards.write_part(code_shards.part_uri(split_root, shard), [f"k{i}-{j}" for j in range(n)],
+                               clustered_codes(rng, n, 64, centres, 0.05), None, meta)
+    codes = code_shards.load_split(split_root)
+    queries = codes.codes[::50]
+    mih = build_index(codes, str(tmp_path), "database", Config.model_validate({"search": {"backend": "mih"}}))
+    flat = build_index(codes, str(tmp_path), "database", Config.model_validate({"search": {"backend": "faiss"}}))
+    assert mih.backend == "mih" and isinstance(mih._mih, MultiIndexHash)
+    for got, want in zip(mih.search(queries, 30), flat.search(queries, 30), strict=True):
+        assert np.array_equal(got, want)
+    assert mih.keys_for(mih.search(queries[:1], 1)[1])[0, 0] == "k0-0"

@@ -166,3 +166,36 @@ def _ivf_index(codes: np.ndarray, nlist: int | None, nprobe: int, trained: bytes
     index.nprobe = min(int(nprobe), int(nlist))
     logger.info("faiss-ivf index: %d codes, %d bits, nlist=%d, nprobe=%d", n, bits, nlist, index.nprobe)
     return index
+
+
+def merge_topk(results: Sequence[tuple[np.ndarray, np.ndarray, int]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over partitions of one database from each partition's own top-k.
+
+    The building block of a fan-out search (e.g. one index per replica over a contiguous range of
+    rows): partition p holds database rows ``offset_p .. offset_p + n_p - 1`` and answered with its
+    rows' top-k (``search`` output, local ids). Because every partition returned its k best by
+    (distance, local id) and offsets preserve row order, the k best of the union by (distance, global
+    id) are exactly the whole database's top-k, ties in database order.
+
+    Args:
+        results: ``(distances int[q, k_p], ids int[q, k_p], offset)`` per partition; empty slots
+            (id -1, from ``"faiss-ivf"``) sort last.
+        k: neighbours per query (>= 1).
+
+    Returns:
+        ``(distances int32[q, k'], ids int64[q, k'])``, ``k' = min(k, sum of k_p)``; global ids, empty
+        slots as id -1 with ``MISSING_DISTANCE``.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    if not results:
+        raise ValueError("merge_topk needs at least one partition's results")
+    q = results[0][0].shape[0]
+    distances = np.concatenate([np.asarray(d, dtype=np.int64).reshape(q, -1) for d, _, _ in results], axis=1)
+    ids = np.concatenate([np.where(np.asarray(i) >= 0, np.asarray(i, dtype=np.int64) + offset, -1).reshape(q, -1)
+                          for _, i, offset in results], axis=1)
+    missing = ids < 0
+    distances = np.where(missing, MISSING_DISTANCE, distances)
+    order = np.lexsort((np.where(missing, np.iinfo(np.int64).max, ids), distances), axis=1)[:, : int(k)]
+    return (np.take_along_axis(distances, order, axis=1).astype(np.int32),
+            np.take_along_axis(ids, order, axis=1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from hashing import code_shards
 from hashing.codes import topk_hamming
-from hashing.index import HammingIndex
+from hashing.index import MISSING_DISTANCE, HammingIndex
 from hashing.mih import (
     MAX_SUBSTRING_BITS,
     MultiIndexHash,
@@ -233,3 +234,26 @@ def test_the_search_job_builds_an_mih_index_over_the_code_shards(tmp_path) -> No
     for got, want in zip(mih.search(queries, 30), flat.search(queries, 30), strict=True):
         assert np.array_equal(got, want)
     assert mih.keys_for(mih.search(queries[:1], 1)[1])[0, 0] == "k0-0"
+
+
+def test_merging_partition_results_gives_the_whole_database_top_k() -> None:
+    """A fan-out over contiguous partitions (one MIH per partition) merges to the global scan's top-k."""
+    from hashing.index import merge_topk
+
+    rng = np.random.default_rng(11)
+    centres = rng.integers(0, 2, (3, 64), dtype=np.uint8)
+    database = clustered_codes(rng, 3000, 64, centres, 0.03)
+    queries = np.concatenate([clustered_codes(rng, 6, 64, centres, 0.03), database[:2]])
+    bounds = [0, 700, 701, 2200, 3000]
+    for k in (1, 50, 999, 4000):
+        results = [(*MultiIndexHash(database[a:b]).search(queries, k), a) for a, b in itertools.pairwise(bounds)]
+        distances, ids = merge_topk(results, k)
+        expected_distances, expected_ids = topk_hamming(queries, database, k)
+        assert np.array_equal(ids, expected_ids) and np.array_equal(distances, expected_distances)
+        assert distances.dtype == np.int32 and ids.dtype == np.int64
+    with pytest.raises(ValueError, match="k must be an int >= 1"):
+        merge_topk(results, 0)
+    # Empty slots (an approximate backend's id -1) sort last and stay empty.
+    part = (np.array([[3, MISSING_DISTANCE]]), np.array([[0, -1]]), 10)
+    distances, ids = merge_topk([part, (np.array([[1]]), np.array([[4]]), 0)], 3)
+    assert ids.tolist() == [[4, 10, -1]] and distances.tolist() == [[1, 3, MISSING_DISTANCE]]

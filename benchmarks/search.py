@@ -88,7 +88,8 @@ def random_codes(n: int, bits: int, rng: np.random.Generator) -> np.ndarray:
 def clustered_codes(n: int, centres: np.ndarray, flip_log2: int, rng: np.random.Generator,
                     chunk: int = 1 << 22) -> np.ndarray:
     """``uint8[n, B]``: each code a random one of ``centres`` (uint8[c, B]) with every bit flipped with
-    probability ``2**-flip_log2`` (the AND of ``flip_log2`` random bytes). Vectorised, ``chunk`` rows at a time."""
+    probability ``2**-flip_log2`` (the AND of ``flip_log2`` random bytes). Vectorised, ``chunk`` rows
+    at a time."""
     width = centres.shape[1]
     out = np.empty((n, width), dtype=np.uint8)
     for i in range(0, n, chunk):
@@ -137,8 +138,9 @@ def scale_rows(kind: str, queries: np.ndarray, database: np.ndarray, k: int, sca
                  "identical": bool(np.array_equal(m_ids[:scan_queries], ids)
                                    and np.array_equal(m_distances[:scan_queries], distances)),
                  "build_s": build, "held_mb": index.state_bytes / MB, "peak_mb": build_peak / MB,
-                 "detail": f"{stats.lookups / stats.queries:.0f} lookups + {stats.candidates / stats.queries:.0f} "
-                           f"candidates per query, radius <= {stats.max_radius}, {stats.fallbacks} scan fallbacks"})
+                 "detail": f"{stats.lookups / stats.queries:.0f} lookups + "
+                           f"{stats.candidates / stats.queries:.0f} candidates per query, "
+                           f"radius <= {stats.max_radius}, {stats.fallbacks} scan fallbacks"})
     index = None  # frees the tables before faiss copies the codes
 
     threads_before = faiss.omp_get_max_threads()
@@ -151,7 +153,8 @@ def scale_rows(kind: str, queries: np.ndarray, database: np.ndarray, k: int, sca
         rows.append({"database": kind, "n": n, "implementation": "faiss IndexBinaryFlat (1 thread)",
                      "queries": len(scan_q), "seconds": timing.wall,
                      "identical": bool(np.array_equal(f_ids, ids) and np.array_equal(f_distances, distances)),
-                     "build_s": build, "held_mb": flat.ntotal * flat.code_size / MB, "peak_mb": 0.0, "detail": ""})
+                     "build_s": build, "held_mb": flat.ntotal * flat.code_size / MB, "peak_mb": 0.0,
+                     "detail": ""})
         flat = None
     finally:
         faiss.omp_set_num_threads(threads_before)
@@ -169,7 +172,8 @@ def growth_exponents(rows: list[dict[str, object]]) -> dict[tuple[str, str], flo
     groups: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for r in rows:
         name = str(r["implementation"]).split(" (m=")[0]
-        groups.setdefault((str(r["database"]), name), []).append((math.log(r["n"]), math.log(1 / r["queries_per_s"])))
+        point = (math.log(r["n"]), math.log(1 / r["queries_per_s"]))
+        groups.setdefault((str(r["database"]), name), []).append(point)
     out = {}
     for key, points in groups.items():
         if len({x for x, _ in points}) > 1:
@@ -187,7 +191,8 @@ def run_scale(sizes: list[int], queries: int, scan_queries: int | None, bits: in
             q, database = scale_case(kind, n, queries, bits, clusters, flip_log2, seed)
             scan = scan_queries if scan_queries is not None else (
                 queries if n <= 1_000_000 else max(10, round(queries * 1_000_000 / n)))
-            log.warning("%s %d codes: %d MIH queries, %d scan/faiss queries", kind, n, queries, min(scan, queries))
+            log.warning("%s %d codes: %d MIH queries, %d scan/faiss queries", kind, n, queries,
+                        min(scan, queries))
             rows += scale_rows(f"{kind} {bits}-bit", q, database, k, min(scan, queries), repeats)
             del q, database
     return rows, growth_exponents(rows)
@@ -199,7 +204,8 @@ def print_scale(rows: list[dict[str, object]], exponents: dict) -> bool:
         ["database", "n", "implementation", "queries", "queries/s", "vs scan", "identical to scan", "build s",
          "held MB", "MB / 1M codes (codes + held)", "peak temp MB", "work"],
         [[r["database"], r["n"], r["implementation"], r["queries"], f"{r['queries_per_s']:.1f}",
-          f"{r['vs_scan']:.1f}x", "yes" if r["identical"] else "NO", f"{r['build_s']:.1f}", f"{r['held_mb']:.0f}",
+          f"{r['vs_scan']:.1f}x", "yes" if r["identical"] else "NO", f"{r['build_s']:.1f}",
+          f"{r['held_mb']:.0f}",
           f"{r['mb_per_million']:.1f}", f"{r['peak_mb']:.0f}", r["detail"]] for r in rows]))
     for (database, name), a in sorted(exponents.items()):
         print(f"cost per query ~ n^{a:.2f}: {name}, {database}")
@@ -273,7 +279,8 @@ def compare(case: str, queries: np.ndarray, database: np.ndarray, k: int,
 
 
 def _row(case: str, name: str, n: int, m: int, seconds: float, cpu: float, same_ids: bool,
-         same_distances: bool, differing: int, held: int, search_peak: int, code_bytes: int) -> dict[str, object]:
+         same_distances: bool, differing: int, held: int, search_peak: int,
+         code_bytes: int) -> dict[str, object]:
     return {"database": case, "implementation": name, "n": n, "queries": m, "seconds": seconds, "cpu": cpu,
             "queries_per_s": m / seconds, "same_ids": same_ids, "same_distances": same_distances,
             "differing_rows": differing, "held_mb": held / MB, "search_peak_mb": search_peak / MB,
@@ -310,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             sizes = []
         if not sizes or min(sizes) < 1 or args.clusters < 1 or args.flip_log2 < 1 or (
                 args.scan_queries is not None and args.scan_queries < 1):
-            log.error("--sizes must be comma-separated ints >= 1; --clusters, --flip-log2, --scan-queries >= 1")
+            log.error("--sizes must be comma-separated ints >= 1; "
+                      "--clusters, --flip-log2, --scan-queries >= 1")
             return 2
         print(f"# Search at scale: exact top-{args.k} Hamming, single-threaded, best of {args.repeats}; "
               f"clustered: {args.clusters} centres, bits flipped with p = 2^-{args.flip_log2}")
@@ -321,18 +329,20 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"# Search: exact top-{args.k} Hamming, whole query batch per search (best of {args.repeats})")
     print(machine())
-    rows = compare(f"random {args.bits}-bit", *random_case(args.n, args.queries, args.bits, args.seed), args.k,
-                   args.repeats)
+    rows = compare(f"random {args.bits}-bit", *random_case(args.n, args.queries, args.bits, args.seed),
+                   args.k, args.repeats)
     if args.builtin != "none":
-        rows += compare(f"built-in {args.builtin} (LSH {BUILTIN_BITS}-bit)", *builtin_case(args.builtin, args.seed),
-                        args.k, args.repeats)
+        rows += compare(f"built-in {args.builtin} (LSH {BUILTIN_BITS}-bit)",
+                        *builtin_case(args.builtin, args.seed), args.k, args.repeats)
     print(markdown_table(
         ["database", "n", "queries", "implementation", "queries/s", "CPU s / wall s", "vs ours", "same ids",
          "same distances", "held MB", "search peak MB", "peak MB / 1M codes"],
         [[r["database"], r["n"], r["queries"], r["implementation"], f"{r['queries_per_s']:.0f}",
           f"{r['cpu'] / r['seconds']:.2f}", f"{r['speedup']:.2f}x",
-          "yes" if r["same_ids"] else f"no ({r['differing_rows']} rows)", "yes" if r["same_distances"] else "no",
-          f"{r['held_mb']:.1f}", f"{r['search_peak_mb']:.1f}", f"{r['peak_mb_per_million']:.1f}"] for r in rows],
+          "yes" if r["same_ids"] else f"no ({r['differing_rows']} rows)",
+          "yes" if r["same_distances"] else "no",
+          f"{r['held_mb']:.1f}", f"{r['search_peak_mb']:.1f}", f"{r['peak_mb_per_million']:.1f}"]
+         for r in rows],
     ))
     identical = all(r["same_ids"] and r["same_distances"] for r in rows)
     print(f"results identical to ours (ids, distances, tie order): {'yes' if identical else 'NO'}")

@@ -168,7 +168,8 @@ def _ivf_index(codes: np.ndarray, nlist: int | None, nprobe: int, trained: bytes
     return index
 
 
-def merge_topk(results: Sequence[tuple[np.ndarray, np.ndarray, int]], k: int) -> tuple[np.ndarray, np.ndarray]:
+def merge_topk(results: Sequence[tuple[np.ndarray, np.ndarray, int]],
+               k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k over partitions of one database from each partition's own top-k.
 
     The building block of a fan-out search (e.g. one index per replica over a contiguous range of
@@ -192,8 +193,8 @@ def merge_topk(results: Sequence[tuple[np.ndarray, np.ndarray, int]], k: int) ->
         raise ValueError("merge_topk needs at least one partition's results")
     q = results[0][0].shape[0]
     distances = np.concatenate([np.asarray(d, dtype=np.int64).reshape(q, -1) for d, _, _ in results], axis=1)
-    ids = np.concatenate([np.where(np.asarray(i) >= 0, np.asarray(i, dtype=np.int64) + offset, -1).reshape(q, -1)
-                          for _, i, offset in results], axis=1)
+    ids = np.concatenate([np.where(np.asarray(i) >= 0, np.asarray(i, dtype=np.int64) + offset, -1)
+                          .reshape(q, -1) for _, i, offset in results], axis=1)
     missing = ids < 0
     distances = np.where(missing, MISSING_DISTANCE, distances)
     order = np.lexsort((np.where(missing, np.iinfo(np.int64).max, ids), distances), axis=1)[:, : int(k)]

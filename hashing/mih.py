@@ -129,7 +129,7 @@ def _word_view(codes: np.ndarray) -> np.ndarray:
 
 
 def _substring_values(codes: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """Bits ``[start, stop)`` of each code (``numpy.packbits`` order, first bit most significant) as uint64[n]."""
+    """Bits ``[start, stop)`` of each code (``numpy.packbits`` order, first bit highest), uint64[n]."""
     first, last = start // 8, (stop - 1) // 8
     value = np.zeros(codes.shape[0], dtype=np.uint64)
     for byte in range(first, last + 1):
@@ -191,7 +191,8 @@ class MultiIndexHash:
         m: number of substrings (tables); None: ``choose_m(bits, n)``.
         fallback_work: lookups + candidates after which a query is answered by the linear scan instead
             (same result); None: ``n // 8`` (the scan touches every code, but sequentially, several
-            times cheaper per code than a candidate's random access); 0 never falls back.
+            times cheaper per code than a candidate's random access); 0 never falls back (except for a
+            probe of more than ``MAX_SHELL`` masks).
     """
 
     def __init__(self, codes: np.ndarray, m: int | None = None, fallback_work: int | None = None) -> None:
@@ -241,7 +242,8 @@ class MultiIndexHash:
         value_dtype = np.uint16 if length <= 16 else np.uint32
         values = np.empty(n, dtype=value_dtype)
         for i in range(0, n, _BUILD_CHUNK_ROWS):
-            values[i: i + _BUILD_CHUNK_ROWS] = _substring_values(self.codes[i: i + _BUILD_CHUNK_ROWS], start, stop)
+            rows = slice(i, i + _BUILD_CHUNK_ROWS)
+            values[rows] = _substring_values(self.codes[rows], start, stop)
         order = np.argsort(values, kind="stable")  # stable: positions ascend within a bucket
         ids = order.astype(self._id_dtype)
         direct = 2**length <= 2 * n  # always with choose_m's m
@@ -297,7 +299,8 @@ class MultiIndexHash:
             distances[scan], ids[scan] = topk_hamming(queries[scan], self.codes, k)
         return distances, ids
 
-    def _search_one(self, q_words: np.ndarray, q_subs: list[int], k: int, stats: SearchStats) -> np.ndarray | None:
+    def _search_one(self, q_words: np.ndarray, q_subs: list[int], k: int,
+                    stats: SearchStats) -> np.ndarray | None:
         """Sorted keys ``distance << shift | id`` of the k best, or None: fall back to the scan."""
         m, shift, tables = self.m, self._shift, self.tables
         budget = self.fallback_work
@@ -325,17 +328,20 @@ class MultiIndexHash:
                         work += total
                         stats.candidates += total
                         ends = np.cumsum(lengths)
-                        positions = np.arange(total, dtype=np.int64) + np.repeat(starts - (ends - lengths), lengths)
+                        positions = np.repeat(starts - (ends - lengths), lengths)
+                        positions += np.arange(total, dtype=np.int64)
                         candidates = table.ids[positions]
                         x = db[candidates] ^ q_word
-                        d = np.bitwise_count(x) if one_word else np.bitwise_count(x).sum(axis=1, dtype=np.uint16)
+                        d = np.bitwise_count(x)
+                        if not one_word:
+                            d = d.sum(axis=1, dtype=np.uint16)
                         if best.size == k:  # only a distance <= the k-th one's can enter
                             near = np.flatnonzero(d <= (kth_key >> shift))
                             candidates, x, d = candidates[near], x[near], d[near]
                         if m > 1 and candidates.size:
                             new = self._first_found(x, j, s, one_word)
                             candidates, d = candidates[new], d[new]
-                        keys = (d.astype(np.int64) << shift) | candidates
+                        keys = (d.astype(np.int64) << shift) | candidates.astype(np.int64, copy=False)
                         keys = keys[keys < kth_key]
                         if keys.size:
                             best = np.concatenate([best, keys])
@@ -361,7 +367,8 @@ class MultiIndexHash:
         return keep
 
 
-def build_from_split(split_root: str, m: int | None = None, **kwargs: Any) -> tuple[MultiIndexHash, np.ndarray]:
+def build_from_split(split_root: str, m: int | None = None,
+                     **kwargs: Any) -> tuple[MultiIndexHash, np.ndarray]:
     """``(index, keys)`` over every code-shard part under ``split_root`` (``hashing.code_shards``), rows in
     the order ``load_split`` reads them; the index references the loaded codes (one copy in memory)."""
     from hashing.code_shards import load_split

@@ -25,7 +25,8 @@ def random_codes(rng: np.random.Generator, n: int, bits: int) -> np.ndarray:
     return rng.integers(0, 256, (n, bits // 8), dtype=np.uint8)
 
 
-def clustered_codes(rng: np.random.Generator, n: int, bits: int, centres: np.ndarray, flip: float) -> np.ndarray:
+def clustered_codes(rng: np.random.Generator, n: int, bits: int, centres: np.ndarray,
+                    flip: float) -> np.ndarray:
     """Codes around ``centres`` (0/1 bits [c, bits]) with each bit flipped with probability ``flip``."""
     noise = (rng.random((n, bits)) < flip).astype(np.uint8)
     return np.packbits(centres[rng.integers(0, len(centres), n)] ^ noise, axis=1)
@@ -161,8 +162,8 @@ def test_hamming_index_mih_backend_and_tables_from_parquet_code_shards(tmp_path)
     for i, codes in enumerate(parts):
         shard = f"database/shard-{i:06d}.tar"
         meta = code_shards.PartMeta(64, "idhn", "models:/m/1", "fp", shard, "0" * 64)
-        code_shards.write_part(code_shards.part_uri(split_root, shard), [f"k{i}-{j}" for j in range(len(codes))],
-                               codes, None, meta)
+        keys = [f"k{i}-{j}" for j in range(len(codes))]
+        code_shards.write_part(code_shards.part_uri(split_root, shard), keys, codes, None, meta)
     database = np.concatenate(parts)
     queries = clustered_codes(rng, 6, 64, centres, 0.05)
     index, keys = build_from_split(split_root)
@@ -210,7 +211,7 @@ def test_the_scale_benchmark_runs_on_tiny_sizes_with_identical_results(capsys: p
 
 
 def test_the_search_job_builds_an_mih_index_over_the_code_shards(tmp_path) -> None:
-    """pipelines/search.py's build_index with search.backend=mih: same ranking as the default faiss backend."""
+    """The search job's build_index with search.backend=mih: the ranking of the default faiss backend."""
     from hashing.config import Config
 
     try:
@@ -228,8 +229,11 @@ def test_the_search_job_builds_an_mih_index_over_the_code_shards(tmp_path) -> No
                                clustered_codes(rng, n, 64, centres, 0.05), None, meta)
     codes = code_shards.load_split(split_root)
     queries = codes.codes[::50]
-    mih = build_index(codes, str(tmp_path), "database", Config.model_validate({"search": {"backend": "mih"}}))
-    flat = build_index(codes, str(tmp_path), "database", Config.model_validate({"search": {"backend": "faiss"}}))
+    def config(backend: str) -> Config:
+        return Config.model_validate({"search": {"backend": backend}})
+
+    mih = build_index(codes, str(tmp_path), "database", config("mih"))
+    flat = build_index(codes, str(tmp_path), "database", config("faiss"))
     assert mih.backend == "mih" and isinstance(mih._mih, MultiIndexHash)
     for got, want in zip(mih.search(queries, 30), flat.search(queries, 30), strict=True):
         assert np.array_equal(got, want)
@@ -246,7 +250,8 @@ def test_merging_partition_results_gives_the_whole_database_top_k() -> None:
     queries = np.concatenate([clustered_codes(rng, 6, 64, centres, 0.03), database[:2]])
     bounds = [0, 700, 701, 2200, 3000]
     for k in (1, 50, 999, 4000):
-        results = [(*MultiIndexHash(database[a:b]).search(queries, k), a) for a, b in itertools.pairwise(bounds)]
+        results = [(*MultiIndexHash(database[a:b]).search(queries, k), a)
+                   for a, b in itertools.pairwise(bounds)]
         distances, ids = merge_topk(results, k)
         expected_distances, expected_ids = topk_hamming(queries, database, k)
         assert np.array_equal(ids, expected_ids) and np.array_equal(distances, expected_distances)

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from hashing import storage
 from hashing.codes import check_bits, check_codes
+from hashing.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ PART_SUFFIX = ".parquet"
 _LIST_THREADS = 8
 
 
-class CodeShardError(ValueError):
+class CodeShardError(InputError):
     """Code shards that break the contract or do not match what the caller expects."""
 
 

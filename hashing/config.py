@@ -1,8 +1,8 @@
 """The typed run configuration: one pydantic schema, YAML files with ``include:``, ``key=value`` overrides.
 
 A config is a YAML mapping of sections (``run``, ``ray``, ``storage``, ``dataset``, ``data``, ``model``,
-``method``, ``train``, ``tracking``, ``encode``, ``evaluate``, ``promote``, ``search``). Every section forbids
-unknown keys; ``method.params`` is checked against the method class constructor, so a typo names
+``method``, ``train``, ``tracking``, ``encode``, ``evaluate``, ``promote``, ``search``, ``ingest``). Every
+section forbids unknown keys; ``method.params`` is checked against the method class constructor, so a typo names
 the keys the method accepts. A file may ``include:`` other YAML files (paths relative to itself);
 they are merged in order (nested mappings merge, other values replace), then the file's own keys,
 then the overrides. Local paths are made absolute at load time, so every process (driver, Ray
@@ -438,6 +438,45 @@ class SearchSection(ModelRefSection):
     nprobe: int = Field(8, gt=0, description="faiss-ivf lists scanned per query (more: better recall, slower)")
 
 
+class IngestSection(_Section):
+    """``hashing ingest``: where the samples come from. It writes to ``dataset.uri`` (name ``dataset.name``,
+    ``dataset.shard_size`` samples per shard; the built-in source is ``dataset.builtin`` / ``dataset.seed``),
+    and ``data.strict`` / ``data.max_bad_fraction`` decide about bad records."""
+
+    source: Literal["builtin", "folder"] | None = Field(
+        None, description="builtin: the built-in dataset; folder: ingest.labels; None: folder when labels is set"
+    )
+    labels: str | None = Field(None, description="folder source: labels file (.csv, or .jsonl JSON Lines)")
+    classes: str | None = Field(
+        None, description="folder source: a,b,c or a .txt file (one class per line); None: classes.txt by labels"
+    )
+    split: Literal["train", "query", "database"] = Field("train", description="split of rows without one")
+    max_shard_bytes: int | None = Field(None, gt=0, description="also cap shards at about this many bytes")
+    overwrite: bool = Field(False, description="replace a dataset already at dataset.uri (kept if this fails)")
+    unlabelled: bool = Field(False, description="folder source: allow a labels file without labels")
+    max_image_pixels: int | None = Field(
+        None, ge=1, description="images of more pixels are too_large; None: env HASHING_MAX_IMAGE_PIXELS or 8192^2"
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: str | None) -> str | None:
+        return _absolute(v)
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: str | None) -> str | None:
+        return _absolute(v) if v is not None and v.endswith(".txt") else v
+
+    @model_validator(mode="after")
+    def _source(self) -> IngestSection:
+        if self.source is None:
+            self.source = "folder" if self.labels is not None else "builtin"
+        if self.source == "folder" and self.labels is None:
+            raise _config_error("ingest.labels: required with ingest.source=folder (the labels file)")
+        return self
+
+
 class Config(_Section):
     """The whole run configuration (see the module docstring)."""
 
@@ -454,9 +493,12 @@ class Config(_Section):
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
     promote: PromoteSection = Field(default_factory=PromoteSection)
     search: SearchSection = Field(default_factory=SearchSection)
+    ingest: IngestSection = Field(default_factory=IngestSection)
 
     @model_validator(mode="after")
     def _derived_paths(self) -> Config:
+        if self.dataset.uri is None and self.ingest.source == "folder":
+            raise _config_error("dataset.uri: required with ingest.source=folder (where the dataset goes)")
         if self.dataset.uri is None:
             self.dataset.uri = os.path.join(self.run.root, "data", f"builtin-{self.dataset.builtin}")
         if self.train.storage_path is None:

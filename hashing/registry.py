@@ -28,6 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from hashing.code_shards import version_uri
+from hashing.errors import InputError
 from hashing.tracking import (
     TAG_DATASET,
     TAG_DATASET_FINGERPRINT,
@@ -58,7 +59,7 @@ MAP = "map"
 def version_tags(model: ResolvedModel) -> dict[str, str]:
     """The tags of a registered version (``model.name`` and ``model.version`` must be set)."""
     if model.name is None or model.version is None:
-        raise ValueError(f"{model.uri} is not a registered model version; give a registered name, "
+        raise InputError(f"{model.uri} is not a registered model version; give a registered name, "
                          "models:/name/N or models:/name@alias")
     return dict(MlflowClient().get_model_version(model.name, str(model.version)).tags)
 
@@ -119,7 +120,7 @@ class VersionEvaluation:
             return None
         missing = [t for t in (EVAL_DATASET, EVAL_DATASET_FINGERPRINT, EVAL_MAP_KEY) if t not in tags]
         if missing:
-            raise ValueError(f"model version evaluation tags are incomplete: {missing} missing "
+            raise InputError(f"model version evaluation tags are incomplete: {missing} missing "
                              "(rerun pipelines/evaluate.py for this version)")
         metrics = {}
         for tag, text in tags.items():
@@ -127,7 +128,7 @@ class VersionEvaluation:
                 try:
                     metrics[tag.removeprefix(EVAL_METRIC_PREFIX)] = float(text)
                 except ValueError:
-                    raise ValueError(f"model version tag {tag}={text!r} is not a number") from None
+                    raise InputError(f"model version tag {tag}={text!r} is not a number") from None
         return cls(tags[EVAL_DATASET], tags[EVAL_DATASET_FINGERPRINT], tags[EVAL_RUN_ID], tags[EVAL_MAP_KEY],
                    metrics)
 
@@ -150,7 +151,7 @@ def verified_evaluation(model: ResolvedModel) -> VersionEvaluation | None:
     try:
         run = MlflowClient().get_run(claimed.run_id)
     except MlflowException:
-        raise ValueError(f"{where}: its evaluation tags name run {claimed.run_id!r}, which does not exist on "
+        raise InputError(f"{where}: its evaluation tags name run {claimed.run_id!r}, which does not exist on "
                          f"this tracking server; {rerun}") from None
     expected = {TAG_JOB: "evaluate", TAG_MODEL_NAME: model.name, TAG_MODEL_VERSION: str(model.version),
                 TAG_DATASET_FINGERPRINT: claimed.dataset_fingerprint}
@@ -161,7 +162,7 @@ def verified_evaluation(model: ResolvedModel) -> VersionEvaluation | None:
     if claimed.map_key not in run.data.metrics:
         problems.append(f"no metric {claimed.map_key!r}")
     if problems:
-        raise ValueError(f"{where}: its evaluation tags name run {claimed.run_id}, which is not a finished "
+        raise InputError(f"{where}: its evaluation tags name run {claimed.run_id}, which is not a finished "
                          f"evaluation of this version on that dataset: {'; '.join(problems)}; {rerun}")
     return VersionEvaluation(run.data.tags.get(TAG_DATASET, claimed.dataset), claimed.dataset_fingerprint,
                              claimed.run_id, claimed.map_key, dict(run.data.metrics))

@@ -35,6 +35,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import tenacity
 
+from hashing.errors import InputError, NotFoundError, UnavailableError
+
 log = logging.getLogger(__name__)
 
 S3_PREFIX = "s3://"
@@ -134,7 +136,7 @@ def _split_local(uri: str) -> str:
 def _s3_path(uri: str) -> str:
     path = uri[len(S3_PREFIX):].rstrip("/")
     if not path or path.startswith("/"):
-        raise ValueError(f"invalid S3 URI {uri!r}: expected s3://bucket/key")
+        raise InputError(f"invalid S3 URI {uri!r}: expected s3://bucket/key")
     return path
 
 
@@ -193,7 +195,7 @@ def _log_retry(state: tenacity.RetryCallState) -> None:
                 state.attempt_number, RETRY_ATTEMPTS, exc)
 
 
-class StorageUnavailableError(ConnectionError):
+class StorageUnavailableError(UnavailableError):
     """The S3 store did not answer (connection failures, timeouts, 5xx) through every retry."""
 
 
@@ -215,12 +217,14 @@ def _retry(fn: Callable[[], T]) -> T:
         if not _is_transient(exc):
             raise
         endpoint = s3_settings().endpoint or "AWS S3"
-        raise StorageUnavailableError(f"S3 endpoint {endpoint} did not answer after {RETRY_ATTEMPTS} attempts "
-                                      f"({type(exc).__name__}: {exc})") from exc
+        raise StorageUnavailableError(
+            f"S3 endpoint {endpoint} did not answer after {RETRY_ATTEMPTS} attempts "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
 
 
-def _not_found(uri: str, exc: BaseException) -> FileNotFoundError:
-    return FileNotFoundError(f"{uri!r} does not exist ({exc})")
+def _not_found(uri: str, exc: BaseException) -> NotFoundError:
+    return NotFoundError(f"{uri!r} does not exist ({exc})")
 
 
 def read_bytes(uri: str) -> bytes:

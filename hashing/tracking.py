@@ -33,6 +33,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from hashing.config import Config, config_to_dict, config_to_yaml, flatten, is_remote, validate_config
+from hashing.errors import InputError, MissingError, UnavailableError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -137,7 +138,7 @@ def check_tracking_server(config: Config, timeout_s: float = SERVER_CHECK_TIMEOU
         pass
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise ConnectionError(f"no MLflow tracking server answers at {uri} (tracking.uri / MLFLOW_TRACKING_URI): "
+        raise UnavailableError(f"no MLflow tracking server answers at {uri} (tracking.uri / MLFLOW_TRACKING_URI): "
                               f"{reason}; start the server or fix the URI") from None
 
 
@@ -305,7 +306,7 @@ def load_hashing_model(model_uri: str) -> tuple[HashingMethod, Config]:
         flavor = Model.load(local).flavors.get("python_function", {})
         files = {k: v["path"] for k, v in flavor.get("artifacts", {}).items()}
         if set(files) != {"state_dict", "config"}:
-            raise ValueError(f"{model_uri} is not a hashing model (pyfunc artifacts: {sorted(files)})")
+            raise InputError(f"{model_uri} is not a hashing model (pyfunc artifacts: {sorted(files)})")
         return load_model_files(Path(local, files["state_dict"]), Path(local, files["config"]))
 
 
@@ -359,9 +360,9 @@ def resolve_model(
         elif alias:
             found = client.get_model_version_by_alias(name, alias)
         else:
-            raise LookupError(f"model {name!r}: give a version or an alias")
+            raise MissingError(f"model {name!r}: give a version or an alias")
     except MlflowException as exc:
-        raise LookupError(_missing(client, name, alias, version)) from exc
+        raise MissingError(_missing(client, name, alias, version)) from exc
     return ResolvedModel(
         uri=f"models:/{name}/{found.version}", name=name, version=int(found.version), run_id=found.run_id
     )

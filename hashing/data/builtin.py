@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hashing.data.fashion_mnist import load_fashion_mnist
+from hashing.errors import InputError
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
            "Ankle boot"]
@@ -92,7 +93,7 @@ def _tags(rng: np.random.Generator, classes: list[int]) -> list[str]:
 def preset_samples(preset: str, split: str, seed: int = 0) -> Iterator[Sample]:
     """Every sample of ``split`` of built-in ``preset`` (its size from ``PRESETS``)."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown built-in preset {preset!r}; allowed: {', '.join(sorted(PRESETS))}")
+        raise InputError(f"unknown built-in preset {preset!r}; allowed: {', '.join(sorted(PRESETS))}")
     return builtin_samples(split, PRESETS[preset][split], seed, preset=preset)
 
 

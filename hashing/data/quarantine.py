@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 
 from hashing import storage
+from hashing.errors import InputError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class BadSample:
         return out
 
 
-class BadInputError(ValueError):
+class BadInputError(InputError):
     """A bad sample in strict mode. ``bad`` holds the record."""
 
     def __init__(self, bad: BadSample) -> None:
@@ -77,7 +78,7 @@ class BadInputError(ValueError):
         self.bad = bad
 
 
-class TooManyBadSamplesError(RuntimeError):
+class TooManyBadSamplesError(UserError, RuntimeError):
     """The bad fraction passed ``max_bad_fraction``."""
 
 

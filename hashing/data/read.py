@@ -51,6 +51,7 @@ from hashing.data.schema import (
 )
 from hashing.data.tags import TagVocabulary
 from hashing.data.transforms import ImageDecodeError, ImageTooLargeError, decode_image
+from hashing.errors import InputError
 
 if TYPE_CHECKING:
     import ray.data
@@ -359,7 +360,7 @@ def read_split(root: str, split: str, preprocess: Preprocess, *, strict: bool = 
     manifest = load_manifest(root)
     info = manifest.split(split)
     if not info.shards:
-        raise ValueError(f"split {split!r} of {root!r} has no shards")
+        raise InputError(f"split {split!r} of {root!r} has no shards")
     fs, base = storage.ray_filesystem(root)
     paths = [f"{base.rstrip('/')}/{s.path}" for s in info.shards]
     shards = {_normalise(p): (storage.join(root, s.path), s) for p, s in zip(paths, info.shards, strict=True)}

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hashing import storage
 from hashing.data.quarantine import BadKind
+from hashing.errors import InputError, NotFoundError, UserError
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "query", "database")
@@ -38,7 +39,7 @@ MANIFEST_NAME = "dataset.json"
 QUARANTINE_NAME = "quarantine.json"
 
 
-class SampleError(ValueError):
+class SampleError(InputError):
     """A sample that breaks the contract; ``kind`` says how (a ``BadKind``)."""
 
     def __init__(self, kind: BadKind, detail: str) -> None:
@@ -47,7 +48,7 @@ class SampleError(ValueError):
         self.detail = detail
 
 
-class UnknownSplitError(KeyError):
+class UnknownSplitError(UserError, KeyError):
     """A split the dataset does not have."""
 
     def __str__(self) -> str:
@@ -176,12 +177,12 @@ def load_manifest(root: str) -> DatasetManifest:
     try:
         data = storage.read_bytes(uri)
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"no dataset at {root!r}: {uri} is missing (create it with "
+        raise NotFoundError(f"no dataset at {root!r}: {uri} is missing (create it with "
                                 "`python pipelines/ingest.py --output ...`)") from exc
     try:
         return DatasetManifest.model_validate_json(data)
     except ValidationError as exc:
-        raise ValueError(f"{uri} is not a valid dataset manifest: {exc}") from exc
+        raise InputError(f"{uri} is not a valid dataset manifest: {exc}") from exc
 
 
 def write_manifest(root: str, manifest: DatasetManifest) -> str:

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from hashing.errors import InputError
 
-class ImageDecodeError(ValueError):
+
+class ImageDecodeError(InputError):
     """Bytes that are not a readable image; the message names the item."""
 
 
@@ -33,7 +35,7 @@ def max_image_pixels() -> int:
     if not text:
         return DEFAULT_MAX_IMAGE_PIXELS
     if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{MAX_IMAGE_PIXELS_ENV} must be a positive whole number of pixels, got {text!r}")
+        raise InputError(f"{MAX_IMAGE_PIXELS_ENV} must be a positive whole number of pixels, got {text!r}")
     return int(text)
 
 

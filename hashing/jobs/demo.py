@@ -1,6 +1,6 @@
 """The whole flow on the built-in dataset, one job after another, as a user would run them.
 
-    python pipelines/demo.py [--config configs/demo.yaml] [key=value ...]
+    hashing demo [--config configs/demo.yaml] [key=value ...]      (or python pipelines/demo.py ...)
 
 Recipe: ingest (the built-in dataset into ``dataset.uri``, skipped when already there) -> train
 (Ray Train, registers ``challenger``) -> encode (Ray Data, Parquet code shards) -> evaluate (metrics
@@ -13,6 +13,7 @@ any of them can be rerun alone; the demo stops at the first step that fails.
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import subprocess
 import sys
@@ -20,39 +21,37 @@ from pathlib import Path
 
 from hashing import storage
 from hashing.code_shards import version_uri
-from hashing.config import Config, config_from_args, config_parser
+from hashing.config import Config
+from hashing.errors import InputError
 from hashing.tracking import CHAMPION, registered_model_name, resolve_model, setup_tracking
 
-PIPELINES = Path(__file__).resolve().parent
-DEFAULT_CONFIG = PIPELINES.parent / "configs" / "demo.yaml"
+PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"  # in a checkout; else `python -m hashing`
 SAMPLE_QUERY_KEY = "query-0000000"  # the built-in dataset's first query item
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run every step; 0 when all succeeded, else the exit code of the step that failed."""
-    parser = config_parser("Run ingest -> train -> encode -> evaluate -> promote -> search on the built-in dataset.")
-    args = parser.parse_intermixed_args(argv)
-    args.config = args.config or str(DEFAULT_CONFIG)
-    config = config_from_args(parser, args)
-    storage.use_s3_endpoint(config.storage.s3_endpoint)
-    if config.dataset.builtin is None:
-        parser.error("the demo runs on the built-in dataset: dataset.builtin must name a preset")
-    common = ["--config", args.config, *args.overrides]
+    """``hashing demo ...``: 0 when all steps succeeded, else the exit code of the step that failed."""
+    from hashing.cli import main as cli_main
 
+    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
+
+
+def run_cli(config: Config, args: argparse.Namespace) -> int:
+    """Run every step with the demo's ``--config`` and overrides (see the module docstring)."""
+    if config.dataset.builtin is None:
+        raise InputError("the demo runs on the built-in dataset: dataset.builtin must name a preset")
+    common = ["--config", args.config, *args.overrides]
     steps = [
-        ("train", ["train.py", *common]),
-        ("encode", ["encode.py", *common, "--no-progress"]),
-        ("evaluate", ["evaluate.py", *common]),
-        ("promote", ["promote.py", *common]),
-        ("search", ["search.py", *common, "--key", SAMPLE_QUERY_KEY]),
+        ("train", common),
+        ("encode", [*common, "--no-progress"]),
+        ("evaluate", common),
+        ("promote", common),
+        ("search", [*common, "--key", SAMPLE_QUERY_KEY]),
     ]
     if not storage.exists(storage.join(config.dataset.uri, "dataset.json")):
-        endpoint = ["--s3-endpoint", config.storage.s3_endpoint] if config.storage.s3_endpoint else []
-        steps.insert(0, ("ingest", ["ingest.py", "--output", config.dataset.uri, "--source", "builtin",
-                                    "--preset", config.dataset.builtin, "--seed", str(config.dataset.seed),
-                                    "--shard-size", str(config.dataset.shard_size), *endpoint]))
-    for name, step in steps:
-        code = run_step(name, step)
+        steps.insert(0, ("ingest", common))  # ingest reads the same config: dataset.uri, .builtin, .seed, ...
+    for name, arguments in steps:
+        code = run_step(name, arguments)
         if code != 0:
             print(f"\ndemo: step '{name}' failed with exit code {code}; fix it and rerun `make demo`")
             return code
@@ -60,10 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def step_command(job: str, arguments: list[str]) -> tuple[list[str], str]:
+    """``(argv to run, the command as a user would type it)``: ``python pipelines/<job>.py ...`` in a
+    checkout, else ``hashing <job> ...`` (run as ``python -m hashing``)."""
+    script = PIPELINES / f"{job}.py"
+    if script.is_file():
+        return [sys.executable, str(script), *arguments], shlex.join(["python", f"pipelines/{job}.py", *arguments])
+    return [sys.executable, "-m", "hashing", job, *arguments], shlex.join(["hashing", job, *arguments])
+
+
 def run_step(name: str, arguments: list[str]) -> int:
-    """Run ``python pipelines/<arguments>`` in a fresh process (as a user would); its exit code."""
-    command = [sys.executable, str(PIPELINES / arguments[0]), *arguments[1:]]
-    print(f"\n=== {name}: {shlex.join(['python', f'pipelines/{arguments[0]}', *arguments[1:]])}", flush=True)
+    """Run job ``name`` in a fresh process (as a user would); its exit code."""
+    command, shown = step_command(name, arguments)
+    print(f"\n=== {name}: {shown}", flush=True)
     return subprocess.run(command, check=False).returncode
 
 
@@ -79,7 +87,7 @@ def print_where_results_are(config: Config, common: list[str]) -> None:
     print(f"champion model:         models:/{champion.name}/{champion.version} (@{CHAMPION})")
     print(f"its code shards:        {version_uri(config.encode.codes_root, champion.name, champion.version)}")
     print(f"training checkpoints:   {config.train.storage_path}")
-    print(f"search again:           {shlex.join(['python', 'pipelines/search.py', *common, '--key', SAMPLE_QUERY_KEY])}")
+    print(f"search again:           {step_command('search', [*common, '--key', SAMPLE_QUERY_KEY])[1]}")
 
 
 if __name__ == "__main__":

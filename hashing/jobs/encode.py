@@ -26,6 +26,7 @@ both come down to "what this version has no finished part for"). The decision is
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -38,10 +39,11 @@ from tqdm import tqdm
 
 from hashing import registry, storage, tracking
 from hashing.code_shards import finished_parts, part_uri, split_uri, version_uri
-from hashing.config import Config, config_from_args, config_parser
-from hashing.data.quarantine import BadInputError, Quarantine, TooManyBadSamplesError
+from hashing.config import Config
+from hashing.data.quarantine import Quarantine
 from hashing.data.schema import DatasetManifest, UnknownSplitError, load_manifest
 from hashing.encoding import ShardEncoder, ShardRef, bad_samples_from_json
+from hashing.errors import InputError
 from hashing.ray_session import init_ray
 from hashing.tracking import (
     CHAMPION,
@@ -85,23 +87,16 @@ class EncodeResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: 0 on success, 2 on bad input or a missing model/dataset (message logged, no traceback)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = config_parser("Encode a dataset into Parquet code shards with a registered model version.")
-    parser.add_argument("--nightly", action="store_true",
-                        help="encode the champion: everything if it changed since the last complete encode, "
-                             "else only new source shards")
-    parser.add_argument("--force", action="store_true", help="rewrite parts that already exist (encode.force)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    args = parser.parse_intermixed_args(argv)  # flags may come after key=value overrides
-    config = config_from_args(parser, args)
-    storage.use_s3_endpoint(config.storage.s3_endpoint)
-    try:
-        result = run_encode(config, nightly=args.nightly, force=args.force or config.encode.force,
-                            progress=args.progress)
-    except (FileNotFoundError, LookupError, ValueError, BadInputError, TooManyBadSamplesError) as exc:
-        log.error("%s", exc)
-        return 2
+    """``hashing encode ...``: 0 on success, 2 on bad input or a missing model/dataset (one message)."""
+    from hashing.cli import main as cli_main
+
+    return cli_main(["encode", *(sys.argv[1:] if argv is None else argv)])
+
+
+def run_cli(config: Config, args: argparse.Namespace) -> int:
+    """The job as ``hashing encode`` runs it (``hashing.jobs.runner``): results printed, exit code returned."""
+    result = run_encode(config, nightly=args.nightly, force=args.force or config.encode.force,
+                        progress=args.progress)
     print(f"model:  models:/{result.model.name}/{result.model.version} ({result.mode})")
     print(f"codes:  {result.codes_uri}")
     print(f"parts:  {len(result.written)} written, {len(result.skipped)} skipped (already finished)")
@@ -124,7 +119,7 @@ def run_encode(config: Config, nightly: bool = False, force: bool = False, progr
     ref = config.encode.model_copy(update={"alias": CHAMPION, "version": None}) if nightly else config.encode
     model = tracking.resolve_section_model(ref, config.method.name, manifest.name)
     if model.name is None or model.version is None:
-        raise ValueError(f"encode.model={config.encode.model!r} is not a registered model: code shards are kept "
+        raise InputError(f"encode.model={config.encode.model!r} is not a registered model: code shards are kept "
                          "per registered version; give a registered name, models:/name/N or models:/name@alias")
     mode = nightly_mode(config.encode.codes_root, model) if nightly else ("forced" if force else "incremental")
     pending, skipped = plan(config, manifest, model, force)
@@ -195,7 +190,7 @@ def plan(config: Config, manifest: DatasetManifest, model: ResolvedModel,
         try:
             shards = manifest.split(split).shards
         except UnknownSplitError as exc:
-            raise ValueError(f"encode.splits: {exc}") from None
+            raise InputError(f"encode.splits: {exc}") from None
         done = {} if force else finished_parts(split_uri(config.encode.codes_root, model.name, model.version, split),
                                                {s.path: s.sha256 for s in shards}, model.uri)
         skipped += list(done)

@@ -14,6 +14,7 @@ version (``hashing.registry.VersionEvaluation``) that ``pipelines/promote.py`` r
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -24,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from hashing import registry, storage, tracking
 from hashing.code_shards import CodeShardError, SplitCodes, load_split
-from hashing.config import Config, config_from_args, config_parser
+from hashing.config import Config
 from hashing.data.schema import DatasetManifest, load_manifest
 from hashing.evaluation import RetrievalEvaluation, evaluate_codes, log_evaluation, map_key
 from hashing.tracking import (
@@ -54,16 +55,15 @@ class EvaluateResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: 0 on success, 2 on bad input (no model, no or mismatched code shards; message logged)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = config_parser("Evaluate a registered model version from its code shards (query vs database).")
-    config = config_from_args(parser, parser.parse_intermixed_args(argv))
-    storage.use_s3_endpoint(config.storage.s3_endpoint)
-    try:
-        result = run_evaluate(config)
-    except (FileNotFoundError, LookupError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
+    """``hashing evaluate ...``: 0 on success, 2 on bad input (no model, no or mismatched code shards)."""
+    from hashing.cli import main as cli_main
+
+    return cli_main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
+
+
+def run_cli(config: Config, args: argparse.Namespace) -> int:
+    """The job as ``hashing evaluate`` runs it (``hashing.jobs.runner``): results printed, exit code returned."""
+    result = run_evaluate(config)
     print(f"model:   models:/{result.model.name}/{result.model.version}")
     print(f"codes:   {result.codes_uri}")
     print(f"dataset: {result.dataset.name} (fingerprint {result.dataset.fingerprint[:12]}...), "

@@ -47,8 +47,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from hashing import storage
-from hashing.config import check_s3_endpoint, has_credentials
-from hashing.data.quarantine import BadInputError, BadKind, BadSample, Quarantine, TooManyBadSamplesError
+from hashing.config import Config
+from hashing.data.quarantine import BadKind, BadSample, Quarantine, TooManyBadSamplesError
 from hashing.data.schema import (
     QUARANTINE_NAME,
     SPLITS,
@@ -63,8 +63,8 @@ from hashing.data.transforms import (
     ImageDecodeError,
     ImageTooLargeError,
     decode_image,
-    max_image_pixels,
 )
+from hashing.errors import AlreadyExistsError, InputError, NotFoundError
 
 log = logging.getLogger("ingest")
 
@@ -95,48 +95,25 @@ class IngestArgs:
 
 
 def parse_args(argv: list[str] | None = None) -> IngestArgs:
-    """Command line -> ``IngestArgs`` (the only place that knows the flags)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--output", required=True, help="dataset root: local folder or s3://bucket/prefix")
-    p.add_argument("--source", choices=["builtin", "folder"], default="builtin")
-    p.add_argument("--preset", default="tiny", help="built-in preset (tiny, default, ...)")
-    p.add_argument("--seed", type=int, default=0, help="built-in dataset seed")
-    p.add_argument("--labels", help="folder source: labels file (.csv, or .jsonl JSON Lines)")
-    p.add_argument("--classes", help="folder source: a,b,c or a .txt file with one class per line")
-    p.add_argument("--split", default="train", choices=SPLITS, help="folder source: split of rows without one")
-    p.add_argument("--name", help="dataset name (default: builtin-PRESET, or the labels file's folder name)")
-    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="samples per shard")
-    p.add_argument("--max-shard-bytes", type=int, help="also cap shards at about this many bytes")
-    p.add_argument("--strict", action="store_true", help="fail on the first bad record")
-    p.add_argument("--max-bad-fraction", type=float, default=DEFAULT_MAX_BAD_FRACTION,
-                   help="fail when a larger fraction of the records is bad")
-    p.add_argument("--overwrite", action="store_true", help="replace a dataset already at --output (it stays "
-                   "readable until the new one is complete, and unchanged if the ingest fails)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.add_argument("--unlabelled", action="store_true",
-                   help="folder source: allow a labels file without labels (no CSV column / JSON field)")
-    p.add_argument("--max-image-pixels", type=int, metavar="N",
-                   help=f"reject images of more than N pixels as too_large (default {max_image_pixels()}; "
-                   f"env {MAX_IMAGE_PIXELS_ENV})")
-    p.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint (the storage.s3_endpoint "
-                   "of the other jobs); default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS")
-    a = p.parse_args(argv)
-    if has_credentials(a.output):
-        p.error("--output: the URI contains credentials (user:password@); give them through the environment "
-                "(AWS_* variables), never on the command line")
-    if a.max_image_pixels is not None and a.max_image_pixels < 1:
-        p.error(f"--max-image-pixels must be >= 1, got {a.max_image_pixels}")
-    if a.source == "folder" and not a.labels:
-        p.error("--source folder needs --labels FILE")
-    if a.shard_size < 1:
-        p.error(f"--shard-size must be >= 1, got {a.shard_size}")
-    if not 0.0 <= a.max_bad_fraction <= 1.0:
-        p.error(f"--max-bad-fraction must be in [0, 1], got {a.max_bad_fraction}")
-    try:
-        check_s3_endpoint(a.s3_endpoint, "--s3-endpoint")
-    except ValueError as exc:
-        p.error(str(exc))
-    return IngestArgs(**vars(a))
+    """Command line (``--config``, ``key=value``, the flags of ``hashing.cli.ingest_parser``) -> ``IngestArgs``."""
+    from hashing.cli import JOBS
+    from hashing.jobs.runner import parse_job_args
+
+    config, args = parse_job_args(JOBS["ingest"], argv)
+    return ingest_args(config, progress=args.progress)
+
+
+def ingest_args(config: Config, progress: bool = True) -> IngestArgs:
+    """What the job does, from the config's ``ingest``, ``dataset``, ``data`` and ``storage`` sections."""
+    ing = config.ingest
+    if ing.source == "builtin" and config.dataset.builtin is None:
+        raise InputError("ingest.source=builtin needs dataset.builtin (a preset name), or set ingest.labels")
+    return IngestArgs(
+        output=config.dataset.uri, source=ing.source, preset=config.dataset.builtin or "", seed=config.dataset.seed,
+        labels=ing.labels, classes=ing.classes, split=ing.split, name=config.dataset.name,
+        shard_size=config.dataset.shard_size, max_shard_bytes=ing.max_shard_bytes, strict=config.data.strict,
+        max_bad_fraction=config.data.max_bad_fraction, overwrite=ing.overwrite, progress=progress,
+        s3_endpoint=config.storage.s3_endpoint, unlabelled=ing.unlabelled, max_image_pixels=ing.max_image_pixels)
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -151,7 +128,7 @@ def builtin_source(preset: str, seed: int) -> tuple[list[str], list[str], int, I
     from hashing.data.builtin import CLASSES, PRESETS, TAG_VOCABULARY, builtin_samples
 
     if preset not in PRESETS:
-        raise ValueError(f"unknown built-in preset {preset!r}; allowed: {', '.join(sorted(PRESETS))}")
+        raise InputError(f"unknown built-in preset {preset!r}; allowed: {', '.join(sorted(PRESETS))}")
     sizes = PRESETS[preset]
 
     def records() -> Iterator[Record]:
@@ -170,10 +147,10 @@ def read_classes(spec: str | None, labels_file: Path) -> list[str]:
     else:
         path = Path(spec) if spec else labels_file.parent / "classes.txt"
         if not path.is_file():
-            raise FileNotFoundError(f"no classes: {path} does not exist; pass --classes a,b,c or a .txt file")
+            raise NotFoundError(f"no classes: {path} does not exist; pass --classes a,b,c or a .txt file")
         names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not names or not all(names) or len(set(names)) != len(names):
-        raise ValueError(f"classes must be non-empty and unique, got {names}")
+        raise InputError(f"classes must be non-empty and unique, got {names}")
     return names
 
 
@@ -195,10 +172,10 @@ def _rows(labels_file: Path, labelled: bool) -> Iterator[tuple[str, dict | BadSa
                 count += 1
                 yield item
         except UnicodeDecodeError as exc:
-            raise ValueError(f"{labels_file}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at "
+            raise InputError(f"{labels_file}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at "
                              f"offset {exc.start} after {count} records); save the labels file as UTF-8") from None
     if count == 0:
-        raise ValueError(f"no records in {labels_file}")
+        raise InputError(f"no records in {labels_file}")
 
 
 def _csv_rows(f: io.TextIOBase, labels_file: Path, labelled: bool) -> Iterator[tuple[str, dict]]:
@@ -212,7 +189,7 @@ def _csv_rows(f: io.TextIOBase, labels_file: Path, labelled: bool) -> Iterator[t
     if missing or unknown:
         hint = "" if not labelled or "labels" not in missing else \
             " (pass --unlabelled to ingest images without labels)"
-        raise ValueError(f"{labels_file}: the CSV header must have the columns key,image,labels,tags[,split]; "
+        raise InputError(f"{labels_file}: the CSV header must have the columns key,image,labels,tags[,split]; "
                          f"got {header}: missing {missing}, unknown {unknown}{hint}")
     reader.fieldnames = header
     for row in reader:
@@ -305,7 +282,7 @@ def folder_source(labels_file: str, classes: list[str], default_split: str,
     """
     path = Path(labels_file)
     if not path.is_file():
-        raise FileNotFoundError(f"labels file {labels_file!r} does not exist")
+        raise NotFoundError(f"labels file {labels_file!r} does not exist")
     return _folder_records(path, classes, default_split, labelled)
 
 
@@ -392,7 +369,7 @@ def _replaced_dataset(output: str, overwrite: bool) -> DatasetManifest | None:
     if not storage.exists(manifest_uri(output)):
         return None
     if not overwrite:
-        raise FileExistsError(f"{manifest_uri(output)} already exists; pass --overwrite to replace it")
+        raise AlreadyExistsError(f"{manifest_uri(output)} already exists; pass --overwrite to replace it")
     try:
         return load_manifest(output)
     except ValueError as exc:
@@ -450,21 +427,19 @@ def run(args: IngestArgs) -> IngestResult:
                   max_bad_fraction=args.max_bad_fraction, overwrite=args.overwrite, progress=args.progress)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: 0 on success, 2 on bad input / configuration (message logged, no traceback)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    storage.use_s3_endpoint(args.s3_endpoint)
-    if args.max_image_pixels is not None:
-        os.environ[MAX_IMAGE_PIXELS_ENV] = str(args.max_image_pixels)
-    try:
-        result = run(args)
-    except (BadInputError, TooManyBadSamplesError, FileExistsError, FileNotFoundError, ValueError,
-            storage.StorageUnavailableError) as exc:
-        log.error("%s", exc)
-        return 2
-    print(summary_table(result))
+def run_cli(config: Config, args: argparse.Namespace) -> int:
+    """The job as ``hashing ingest`` runs it (``hashing.jobs.runner``): ingest, print the summary table."""
+    if config.ingest.max_image_pixels is not None:
+        os.environ[MAX_IMAGE_PIXELS_ENV] = str(config.ingest.max_image_pixels)
+    print(summary_table(run(ingest_args(config, progress=args.progress))))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``hashing ingest ...``: 0 on success, 2 on bad input / configuration (one message, no traceback)."""
+    from hashing.cli import main as cli_main
+
+    return cli_main(["ingest", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ an error.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -28,9 +29,10 @@ from dataclasses import asdict, dataclass
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from hashing import registry, storage, tracking
-from hashing.config import Config, config_from_args, config_parser
+from hashing import registry, tracking
+from hashing.config import Config
 from hashing.data.schema import load_manifest
+from hashing.errors import InputError
 from hashing.registry import VersionEvaluation
 from hashing.tracking import CHALLENGER, CHAMPION, TAG_JOB, TAG_MODEL_NAME, TAG_MODEL_VERSION, ResolvedModel
 
@@ -64,18 +66,15 @@ class Decision:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: 0 for a decision (promoted or kept), 2 on bad input (no or unevaluated challenger)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = config_parser("Promote the challenger to champion when its evaluation beats the champion's.")
-    parser.add_argument("--dry-run", action="store_true", help="decide and print, move and record nothing")
-    args = parser.parse_intermixed_args(argv)
-    config = config_from_args(parser, args)
-    storage.use_s3_endpoint(config.storage.s3_endpoint)
-    try:
-        decision = run_promote(config, dry_run=args.dry_run or config.promote.dry_run)
-    except (FileNotFoundError, LookupError, ValueError, ConnectionError) as exc:  # ConnectionError: S3, MLflow
-        log.error("%s", exc)
-        return 2
+    """``hashing promote ...``: 0 for a decision (promoted or kept), 2 on bad input (no or unevaluated challenger)."""
+    from hashing.cli import main as cli_main
+
+    return cli_main(["promote", *(sys.argv[1:] if argv is None else argv)])
+
+
+def run_cli(config: Config, args: argparse.Namespace) -> int:
+    """The job as ``hashing promote`` runs it (``hashing.jobs.runner``): results printed, exit code returned."""
+    decision = run_promote(config, dry_run=args.dry_run or config.promote.dry_run)
     champion = "none" if decision.champion_version is None else f"v{decision.champion_version}"
     champion_value = "-" if decision.champion_value is None else f"{decision.champion_value:.4f}"
     print(f"model:      {decision.model}")
@@ -104,7 +103,7 @@ def run_promote(config: Config, dry_run: bool = False) -> Decision:
     challenger = tracking.resolve_model(name, alias=CHALLENGER)
     challenger_eval = registry.verified_evaluation(challenger)
     if challenger_eval is None:
-        raise ValueError(f"challenger models:/{name}/{challenger.version} has not been evaluated; run "
+        raise InputError(f"challenger models:/{name}/{challenger.version} has not been evaluated; run "
                          f"`pipelines/evaluate.py evaluate.version={challenger.version}` first")
     champion = _champion(name)
     champion_eval = None if champion is None else _champion_evaluation(champion)
@@ -145,7 +144,7 @@ def decide(name: str, challenger: ResolvedModel, challenger_eval: VersionEvaluat
     metric_name = challenger_eval.metric_name(metric)
     value = challenger_eval.value(metric)
     if value is None:
-        raise ValueError(f"promote.metric={metric!r}: the challenger's evaluation has no {metric_name!r}; "
+        raise InputError(f"promote.metric={metric!r}: the challenger's evaluation has no {metric_name!r}; "
                          f"it has {registry.MAP!r} or one of {sorted(challenger_eval.metrics)}")
     fingerprint = challenger_eval.dataset_fingerprint
     decision = Decision(name, KEPT, [], metric_name, margin, challenger.version, value, fingerprint)

@@ -24,11 +24,12 @@ on the first search and kept under ``{codes_uri}/index/`` for the next ones.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +37,11 @@ import numpy as np
 from hashing import registry, storage, tracking
 from hashing.code_shards import CodeShardError, SplitCodes, list_parts, load_split, part_name
 from hashing.codes import pack_signs
-from hashing.config import Config, config_from_args, config_parser
+from hashing.config import Config
 from hashing.data.schema import DatasetManifest, load_manifest
 from hashing.data.tags import TagVocabulary
 from hashing.data.transforms import decode_image
+from hashing.errors import InputError, MissingError
 from hashing.index import HammingIndex
 from hashing.methods import method_class
 from hashing.tracking import ResolvedModel
@@ -74,25 +76,19 @@ class SearchResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: 0 with results printed, 2 on bad input (unknown key, unreadable image, no text network)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = config_parser("Top-k Hamming search over the code shards of a model version.")
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--key", help="a sample key in the database or query codes")
-    what.add_argument("--image", metavar="PATH", help="an image file (local path or s3://)")
-    what.add_argument("--text", help='comma-separated tags, e.g. "dress, handbag" (multimodal models only)')
-    parser.add_argument("--split", choices=SPLITS, default="database", help="the split searched")
-    parser.add_argument("--allow-partial", action="store_true",
-                        help="search the code parts there are when some shards have none (says how many)")
-    args = parser.parse_intermixed_args(argv)
-    config = config_from_args(parser, args)
-    storage.use_s3_endpoint(config.storage.s3_endpoint)
-    try:
-        result = run_search(config, key=args.key, image=args.image, text=args.text, split=args.split,
-                            allow_partial=args.allow_partial)
-    except (FileNotFoundError, LookupError, ValueError, ConnectionError) as exc:  # ConnectionError: S3, MLflow
-        log.error("%s", exc)
-        return 2
+    """``hashing search ...``: 0 with results printed, 2 on bad input (unknown key, unreadable image, no text network)."""
+    from hashing.cli import main as cli_main
+
+    return cli_main(["search", *(sys.argv[1:] if argv is None else argv)])
+
+
+def run_cli(config: Config, args: argparse.Namespace) -> int:
+    """The job as ``hashing search`` runs it (``hashing.jobs.runner``): results printed, exit code returned."""
+    result = run_search(config, key=args.key, image=args.image, text=args.text, split=args.split,
+                        allow_partial=args.allow_partial)
+    if args.format == "json":
+        print(json.dumps(result_json(result)))
+        return 0
     print(f"model: models:/{result.model.name}/{result.model.version}")
     print(f"codes: {storage.join(result.codes_uri, result.split)} ({result.size} items, backend {result.backend})")
     print(f"query: {result.query}")
@@ -101,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     for hit in result.hits:
         print(f"{hit.rank:>4}  {hit.key:<{width}}  {hit.distance:>8}  {', '.join(hit.labels)}")
     return 0
+
+
+def result_json(result: SearchResult) -> dict:
+    """``--format json``: the model, what was searched, the query and the hits (best first) as plain data."""
+    return {"model": {"name": result.model.name, "version": result.model.version, "uri": result.model.uri},
+            "codes": storage.join(result.codes_uri, result.split), "split": result.split, "size": result.size,
+            "backend": result.backend, "query": result.query, "hits": [asdict(h) for h in result.hits]}
 
 
 def run_search(config: Config, key: str | None = None, image: str | None = None, text: str | None = None,
@@ -136,7 +139,7 @@ def run_search(config: Config, key: str | None = None, image: str | None = None,
     else:
         query, described = text_code(model, codes.method, TagVocabulary(manifest.tags or []), text), f"text {text!r}"
     if query.shape[1] != codes.codes.shape[1]:
-        raise ValueError(f"the query code has {query.shape[1] * 8} bits, the codes {codes.bits}")
+        raise InputError(f"the query code has {query.shape[1] * 8} bits, the codes {codes.bits}")
     index = build_index(codes, codes_uri, split, config)
     distances, ids = index.search(query, config.search.k)
     classes = manifest.classes if manifest is not None else None
@@ -217,11 +220,11 @@ def key_code(codes_uri: str, split: str, codes: SplitCodes, model: ResolvedModel
     try:
         other_codes = load_codes(codes_uri, other, model, manifest, allow_partial)
     except CodeShardError as exc:
-        raise LookupError(f"key {key!r} is not in the {split} codes under {codes_uri}, and the {other} codes "
+        raise MissingError(f"key {key!r} is not in the {split} codes under {codes_uri}, and the {other} codes "
                           f"cannot be read ({exc})") from None
     row = other_codes.index_of().get(key)
     if row is None:
-        raise LookupError(f"key {key!r} is in neither the {split} nor the {other} codes under {codes_uri} "
+        raise MissingError(f"key {key!r} is in neither the {split} nor the {other} codes under {codes_uri} "
                           f"(keys look like {codes.keys[0]!r})")
     return other_codes.codes[row: row + 1]
 
@@ -231,7 +234,7 @@ def image_code(model: ResolvedModel, path: str) -> np.ndarray:
     from hashing.encoding import Encoder
 
     if not storage.is_s3(path) and Path(path).is_dir():
-        raise ValueError(f"--image {path}: is a folder; give one image file")
+        raise InputError(f"--image {path}: is a folder; give one image file")
     image = decode_image(storage.read_bytes(path), path)
     method, model_config = tracking.load_hashing_model(model.uri)
     return Encoder(method, model_config.dataset.image_size).encode_raw([image])
@@ -245,7 +248,7 @@ def parse_tags(text: str, vocabulary: TagVocabulary) -> list[str]:
         ValueError: the dataset has no tags, or no word of ``text`` is a tag.
     """
     if vocabulary.size == 0:
-        raise ValueError("the dataset has no tag vocabulary (dataset.json 'tags'): text search needs one")
+        raise InputError("the dataset has no tag vocabulary (dataset.json 'tags'): text search needs one")
     known = set(vocabulary.words)
     tags: list[str] = []
     unknown: list[str] = []
@@ -263,7 +266,7 @@ def parse_tags(text: str, vocabulary: TagVocabulary) -> list[str]:
     if unknown:
         log.warning("not in the tag vocabulary, ignored: %s", unknown)
     if not tags:
-        raise ValueError(f"no tag of the vocabulary in {text!r}; tags are: {', '.join(vocabulary.words)}")
+        raise InputError(f"no tag of the vocabulary in {text!r}; tags are: {', '.join(vocabulary.words)}")
     return tags
 
 
@@ -278,7 +281,7 @@ def text_code(model: ResolvedModel, method_name: str, vocabulary: TagVocabulary,
     import torch
 
     if "text" not in method_class(method_name).modalities:
-        raise ValueError(f"models:/{model.name}/{model.version} ({method_name}) has no text network; "
+        raise InputError(f"models:/{model.name}/{model.version} ({method_name}) has no text network; "
                          "--text needs a multimodal model (e.g. method dsmhn); use --key or --image")
     tags = parse_tags(text, vocabulary)
     log.info("text query as tags: %s", tags)

@@ -19,6 +19,7 @@ cosine ranking of the features themselves) in the same run.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Iterator
@@ -30,11 +31,12 @@ import torch
 from hashing import storage
 from hashing.checkpoints import load_training_state
 from hashing.codes import pack_signs
-from hashing.config import Config, config_from_args, config_parser, config_to_dict
-from hashing.data.quarantine import BadInputError, Quarantine, TooManyBadSamplesError
+from hashing.config import Config, config_to_dict
+from hashing.data.quarantine import Quarantine
 from hashing.data.read import TORCH_COLUMNS, RemoteQuarantine, iter_split, read_split
 from hashing.data.schema import DatasetManifest, load_manifest
 from hashing.data.transforms import Preprocess
+from hashing.errors import InputError
 from hashing.evaluation import evaluate_codes, log_evaluation, metric_key
 from hashing.methods import method_class
 from hashing.methods.base import HashingMethod
@@ -47,7 +49,6 @@ from hashing.tracking import (
     TAG_DATASET_FINGERPRINT,
     TAG_JOB,
     TAG_METHOD,
-    check_tracking_server,
     log_config,
     log_hashing_model,
     register_model,
@@ -70,29 +71,22 @@ class TrainingFailed(RuntimeError):
 def parse_train_cli(argv: list[str] | None) -> Config:
     """``--config``/``key=value`` as every job, plus ``--num-workers N`` and ``--use-gpu``: shorthands for
     ``train.num_workers=N`` and ``train.use_gpu=true`` that win over the same keys given as overrides."""
-    parser = config_parser("Train a hashing method with Ray Train (DDP) and register it in MLflow.")
-    parser.add_argument("--num-workers", metavar="N", help="Ray Train workers (DDP processes): train.num_workers")
-    parser.add_argument("--use-gpu", action="store_true", help="a GPU per worker, nccl: train.use_gpu=true")
-    args = parser.parse_intermixed_args(argv)
-    if args.num_workers is not None:
-        args.overrides.append(f"train.num_workers={args.num_workers}")
-    if args.use_gpu:
-        args.overrides.append("train.use_gpu=true")
-    return config_from_args(parser, args)
+    from hashing.cli import JOBS
+    from hashing.jobs.runner import parse_job_args
+
+    return parse_job_args(JOBS["train"], argv)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: 0 on success, 2 on bad input (message logged, no traceback)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = parse_train_cli(argv)
-    storage.use_s3_endpoint(config.storage.s3_endpoint)
-    try:
-        manifest = load_manifest(config.dataset.uri)
-        check_tracking_server(config)  # before Ray starts: MLflow alone retries for minutes
-    except (FileNotFoundError, ValueError, ConnectionError) as exc:
-        log.error("%s", exc)
-        return 2
+    """``hashing train ...``: 0 on success, 2 on bad input (one message, no traceback), 1 if training failed."""
+    from hashing.cli import main as cli_main
 
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+def run_cli(config: Config, args: argparse.Namespace) -> int:
+    """The job as ``hashing train`` runs it (``hashing.jobs.runner``): train, register, print where it is."""
+    manifest = load_manifest(config.dataset.uri)
     tracking_uri = setup_tracking(config)
     set_experiment(config, manifest.name)
     if not method_class(config.method.name).trainable:
@@ -116,9 +110,6 @@ def main(argv: list[str] | None = None) -> int:
             version = register_model(model_uri, model_name, CHALLENGER, tags={
                 TAG_DATASET: manifest.name, TAG_DATASET_FINGERPRINT: manifest.fingerprint,
                 "run_id": run.info.run_id})
-    except (BadInputError, TooManyBadSamplesError) as exc:
-        log.error("%s", exc)
-        return 2
     except TrainingFailed as exc:
         log.error("%s", exc)
         return 1
@@ -142,37 +133,33 @@ def fit_baseline(config: Config, manifest: DatasetManifest, tracking_uri: str) -
     preprocess = make_preprocess(config)
     method = build_training_method(config, len(manifest.classes), len(manifest.tags or []))
     assert isinstance(method, ShallowHashing)
-    try:
-        with mlflow.start_run(run_name=config.run.name) as run:
-            log_config(config)
-            mlflow.set_tags({TAG_JOB: "train", TAG_METHOD: config.method.name, TAG_DATASET: manifest.name,
-                             TAG_DATASET_FINGERPRINT: manifest.fingerprint})
-            started = time.perf_counter()
-            train_features, _ = split_features(method, config, "train", preprocess)
-            info = method.fit_features(train_features)
-            mlflow.log_metrics({"train/fit_seconds": time.perf_counter() - started,
-                                "train/samples": float(len(train_features)),
-                                **{f"train/{k}": v for k, v in info.items()}})
-            q_feats, q_labels = split_features(method, config, "query", preprocess)
-            db_feats, db_labels = split_features(method, config, "database", preprocess)
-            with torch.no_grad():
-                q_codes = pack_signs(method.codes_from_features(torch.from_numpy(q_feats)).numpy())
-                db_codes = pack_signs(method.codes_from_features(torch.from_numpy(db_feats)).numpy())
-            result = evaluate_codes(q_codes, db_codes, q_labels, db_labels, config.evaluate, pr=config.evaluate.plots)
-            log_evaluation(result, f"{config.method.name}, {config.model.bits} bits")
-            report = result.metrics
-            ceiling = cosine_ranking_report(q_feats, db_feats, q_labels, db_labels, config.evaluate.topk,
-                                            config.evaluate.ndcg_k)
-            mlflow.log_metrics({f"float_ceiling/{metric_key(k)}": v for k, v in ceiling.items()})
-            model_uri = log_hashing_model(method, config, extra={
-                "dataset": manifest.name, "dataset_fingerprint": manifest.fingerprint})
-            model_name = registered_model_name(config.method.name, manifest.name)
-            version = register_model(model_uri, model_name, CHALLENGER, tags={
-                TAG_DATASET: manifest.name, TAG_DATASET_FINGERPRINT: manifest.fingerprint,
-                "run_id": run.info.run_id})
-    except (BadInputError, TooManyBadSamplesError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
+    with mlflow.start_run(run_name=config.run.name) as run:
+        log_config(config)
+        mlflow.set_tags({TAG_JOB: "train", TAG_METHOD: config.method.name, TAG_DATASET: manifest.name,
+                         TAG_DATASET_FINGERPRINT: manifest.fingerprint})
+        started = time.perf_counter()
+        train_features, _ = split_features(method, config, "train", preprocess)
+        info = method.fit_features(train_features)
+        mlflow.log_metrics({"train/fit_seconds": time.perf_counter() - started,
+                            "train/samples": float(len(train_features)),
+                            **{f"train/{k}": v for k, v in info.items()}})
+        q_feats, q_labels = split_features(method, config, "query", preprocess)
+        db_feats, db_labels = split_features(method, config, "database", preprocess)
+        with torch.no_grad():
+            q_codes = pack_signs(method.codes_from_features(torch.from_numpy(q_feats)).numpy())
+            db_codes = pack_signs(method.codes_from_features(torch.from_numpy(db_feats)).numpy())
+        result = evaluate_codes(q_codes, db_codes, q_labels, db_labels, config.evaluate, pr=config.evaluate.plots)
+        log_evaluation(result, f"{config.method.name}, {config.model.bits} bits")
+        report = result.metrics
+        ceiling = cosine_ranking_report(q_feats, db_feats, q_labels, db_labels, config.evaluate.topk,
+                                        config.evaluate.ndcg_k)
+        mlflow.log_metrics({f"float_ceiling/{metric_key(k)}": v for k, v in ceiling.items()})
+        model_uri = log_hashing_model(method, config, extra={
+            "dataset": manifest.name, "dataset_fingerprint": manifest.fingerprint})
+        model_name = registered_model_name(config.method.name, manifest.name)
+        version = register_model(model_uri, model_name, CHALLENGER, tags={
+            TAG_DATASET: manifest.name, TAG_DATASET_FINGERPRINT: manifest.fingerprint,
+            "run_id": run.info.run_id})
     print(f"run:         {run.info.run_id} (experiment {run.info.experiment_id}) at {tracking_uri}")
     print(f"model:       models:/{model_name}/{version} (@{CHALLENGER}), {model_uri}")
     print("metrics:     " + ", ".join(f"{k}={v:.4f}" for k, v in report.items()))
@@ -191,7 +178,7 @@ def split_features(method: HashingMethod, config: Config, split: str,
         features.append(method.backbone(batch["image"]).global_.float().numpy())
         labels.append(batch["labels"].numpy().astype(np.uint8))
     if not features:
-        raise ValueError(f"split {split!r} of {config.dataset.uri} has no samples")
+        raise InputError(f"split {split!r} of {config.dataset.uri} has no samples")
     return np.concatenate(features), np.concatenate(labels)
 
 

@@ -56,7 +56,7 @@ def _check_results(root: Path, stdout: str, codes_root: str) -> None:
     finally:
         mlflow.set_tracking_uri(None)
 
-    dataset_uri = stdout.split("--output ", 1)[1].split()[0]
+    dataset_uri = stdout.split("dataset: ", 1)[1].split()[0].removesuffix("/dataset.json")  # ingest's summary
     manifest = load_manifest(dataset_uri)
     for split in ("query", "database"):
         codes = load_split(split_uri(codes_root, MODEL_NAME, 1, split))

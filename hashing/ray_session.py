@@ -8,6 +8,8 @@ import os
 
 from hashing import storage
 
+# The job's log level (hashing.jobs.runner.LOG_LEVEL_ENV; not imported from there, to stay a leaf module).
+LOG_LEVEL_ENV = "HASHING_LOG_LEVEL"
 # Set by ``ray job submit`` in the driver's environment: the job's own runtime_env (and metadata).
 _JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 # Runs in every worker process of the job (``runtime_env``), before it does any work.
@@ -39,6 +41,22 @@ def quiet_ray_logs() -> None:
         logger.addFilter(ResourceRequestTimeoutFilter())
 
 
+def quiet_ray_output() -> None:
+    """Ray's INFO logs and Ray Data's operator progress bars off in this process, unless the job runs at
+    DEBUG (``HASHING_LOG_LEVEL``, set by ``--log-level`` / ``-v``). Called after ``import ray``: Ray sets
+    its loggers up when imported. The jobs show one progress bar of their own per long step."""
+    import ray.data
+
+    if os.environ.get(LOG_LEVEL_ENV, "INFO").upper() == "DEBUG":
+        return
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.enable_operator_progress_bars = False
+    context.print_on_execution_start = False
+
+
 def init_ray(address: str | None, num_cpus: int | None) -> bool:
     """Connect to ``address`` (else ``RAY_ADDRESS``, else start a new local instance); True if started here.
 
@@ -52,6 +70,7 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
     """
     import ray
 
+    quiet_ray_output()
     if ray.is_initialized():
         return False
     quiet_ray_logs()

@@ -137,3 +137,19 @@ def test_text_on_an_image_only_model_and_unknown_inputs_are_clear_errors(model_r
         caplog.clear()
         assert main(model_registry.args("--image", "/no/such/image.png")) == 2
         assert "/no/such/image.png" in caplog.text
+
+
+def test_format_json_prints_one_object_for_scripts(model_registry, idhn, capsys) -> None:
+    database = idhn["database"]
+    _, first_rows = np.unique(database.codes, axis=0, return_index=True)
+    key = str(database.keys[int(first_rows.max())])  # no earlier row has its code: it ranks first
+    capsys.readouterr()
+
+    assert main(model_registry.args("search.k=3", "--key", key, "--format", "json")) == 0
+
+    out = json.loads(capsys.readouterr().out)  # the whole of stdout is one JSON object
+    assert out["model"]["version"] == idhn["model"].version and out["model"]["name"] == idhn["model"].name
+    assert out["split"] == "database" and out["size"] == len(database) and out["query"] == f"key {key}"
+    assert [h["rank"] for h in out["hits"]] == [1, 2, 3]
+    assert out["hits"][0] == {"rank": 1, "key": key, "distance": 0, "labels": out["hits"][0]["labels"]}
+    assert all(isinstance(label, str) for h in out["hits"] for label in h["labels"])

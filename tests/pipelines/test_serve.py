@@ -1,0 +1,128 @@
+"""The query service on Ray Serve (hashing/serving_app.py) running on 127.0.0.1 with 2 partitions.
+
+One registered IDHN version (alias champion) with code shards (``model_registry``), one Serve app for
+the module: its answers by key and by image equal ``hashing search``'s (same keys, distances, labels,
+order), and bad requests get 4xx with a message.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+UPLOAD_LIMIT = 64 * 1024
+
+
+def _call(url: str, data: bytes | None = None, timeout: float = 60) -> tuple[int, dict]:
+    """(status, JSON body) of a GET (or a POST of ``data``)."""
+    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
+                                     headers={"Content-Type": "application/octet-stream"} if data else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.fixture(scope="module")
+def service(model_registry, ray_local) -> Iterator[dict]:
+    """The champion's Serve app on a free port of 127.0.0.1, 2 partitions, 0.25 CPU per replica."""
+    from ray import serve
+
+    from hashing.serving_app import plan_service, start_service
+
+    model = model_registry.register("idhn", seed=7, alias="champion")
+    model_registry.encode(model)
+    config = model_registry.config()
+    plan = plan_service(config, partitions=2, max_upload_bytes=UPLOAD_LIMIT, num_cpus=0.25)
+    try:
+        url = start_service(plan, host="127.0.0.1", port=free_port())
+        yield {"url": url, "model": model, "plan": plan}
+    finally:
+        serve.shutdown()
+
+
+def _database(model_registry, service, split: str = "database"):
+    """The split's codes as the service's version wrote them."""
+    from hashing.code_shards import load_split
+
+    model = service["model"]
+    return load_split(f"{model_registry.root}/codes/{model.name}/v{model.version}/{split}")
+
+
+def _expected(model_registry, k: int, **query: str) -> list[dict]:
+    from hashing.jobs.search import run_search
+
+    result = run_search(model_registry.config(f"search.k={k}", "search.backend=mih"), **query)
+    return [{"key": h.key, "distance": h.distance, "labels": h.labels} for h in result.hits]
+
+
+def test_health_names_the_champion_and_two_partitions_of_the_database(model_registry, service) -> None:
+    status, body = _call(f"{service['url']}/health")
+    assert status == 200
+    assert (body["model"], body["version"]) == (service["model"].name, service["model"].version)
+    assert [p["partition"] for p in body["partitions"]] == [0, 1]
+    shards = model_registry.manifest.split("database").shards
+    assert sum(p["parts"] for p in body["partitions"]) == len(shards)
+    assert body["size"] == len(_database(model_registry, service)) > 0
+
+
+@pytest.mark.parametrize(("split", "row", "k"), [("database", 5, 1), ("database", 300, 20),
+                                                  ("query", 3, 50), ("query", 10, 1000)])
+def test_key_answers_equal_hashing_search(model_registry, service, split, row, k) -> None:
+    key = str(_database(model_registry, service, split).keys[row])
+
+    status, body = _call(f"{service['url']}/search?key={key}&k={k}")
+
+    assert status == 200, body
+    assert (body["model"], body["version"]) == (service["model"].name, service["model"].version)
+    expected = _expected(model_registry, k, key=key)
+    assert body["results"] == expected  # same keys, distances, labels, order (ties in database order)
+    assert len(body["results"]) == min(k, len(_database(model_registry, service)))
+
+
+def test_image_upload_is_encoded_by_the_served_version(model_registry, service, tmp_path: Path) -> None:
+    shard = model_registry.manifest.split("database").shards[2]
+    with tarfile.open(f"{model_registry.dataset_uri}/{shard.path}") as tar:
+        name = next(n for n in tar.getnames() if n.endswith(".png"))
+        data = tar.extractfile(name).read()
+    (tmp_path / "item.png").write_bytes(data)
+
+    size = len(_database(model_registry, service))  # every item: the upload's own is among them
+
+    status, body = _call(f"{service['url']}/search/image?k={size}", data)
+
+    assert status == 200, body
+    assert body["results"] == _expected(model_registry, size, image=str(tmp_path / "item.png"))
+    found = {r["key"]: r["distance"] for r in body["results"]}
+    assert found[name.removesuffix(".png")] == 0  # encoded to its stored code, by the served version
+
+
+def test_bad_requests_get_4xx_with_a_message(service) -> None:
+    url = service["url"]
+    cases = {
+        "not an image": (f"{url}/search/image?k=5", b"this is not an image", 400),
+        "oversized upload": (f"{url}/search/image?k=5", b"\x89PNG" + b"\0" * UPLOAD_LIMIT, 413),
+        "unknown key": (f"{url}/search?key=no-such-key&k=5", None, 404),
+        "k = 0": (f"{url}/search?key=anything&k=0", None, 400),
+        "k too large": (f"{url}/search?key=anything&k=1000001", None, 400),
+        "k not a number": (f"{url}/search?key=anything&k=ten", None, 400),
+    }
+    for what, (target, data, expected) in cases.items():
+        status, body = _call(target, data)
+        assert status == expected, (what, status, body)
+        assert body["error"], what
+    _, body = _call(f"{url}/search?key=no-such-key&k=5")
+    assert "no-such-key" in body["error"]
+    _, body = _call(f"{url}/search?key=x&k=0")
+    assert "k must be" in body["error"]

@@ -60,7 +60,8 @@ TARGET = 0.85
 PLAIN = "plain torch loop (1 process)"
 
 
-def prepare(workdir: Path, config_path: str, preset: str, overrides: list[str]) -> tuple[Config, DatasetManifest]:
+def prepare(workdir: Path, config_path: str, preset: str, overrides: list[str]) -> tuple[Config,
+                                                                                         DatasetManifest]:
     """Ingest the built-in ``preset`` under ``workdir``, register the config's model; return both."""
     config, manifest = builtin_config(workdir, config_path, preset, overrides)
     tracking.setup_tracking(config)
@@ -70,7 +71,8 @@ def prepare(workdir: Path, config_path: str, preset: str, overrides: list[str]) 
         uri = tracking.log_hashing_model(method, config)
     name = tracking.registered_model_name(config.method.name, manifest.name)
     version = tracking.register_model(uri, name, alias=tracking.CHALLENGER)
-    config = config.model_copy(update={"encode": config.encode.model_copy(update={"model": name, "version": version})})
+    config = config.model_copy(update={"encode": config.encode.model_copy(update={"model": name,
+                                                                                  "version": version})})
     return config, manifest
 
 
@@ -92,13 +94,15 @@ def plain_loop(encoder: Encoder, refs: list[ShardRef], classes: int) -> dict[str
     for ref in refs:
         t0 = time.perf_counter()
         data = storage.read_bytes(ref.uri)
-        samples = [item for item in decode_shard(io.BytesIO(data), ref.uri, ref.info, classes, encoder.preprocess,
+        samples = [item for item in decode_shard(io.BytesIO(data), ref.uri, ref.info, classes,
+                                                 encoder.preprocess,
                                                  vocab=None) if isinstance(item, dict)]
         t1 = time.perf_counter()
         with torch.inference_mode():
             for i in range(0, len(samples), batch_size):
                 batch = samples[i : i + batch_size]
-                packed = pack_signs(method.encode_image(torch.from_numpy(np.stack([s["image"] for s in batch]))))
+                images = torch.from_numpy(np.stack([s["image"] for s in batch]))
+                packed = pack_signs(method.encode_image(images))
                 codes.update((s["key"], code.tobytes()) for s, code in zip(batch, packed, strict=True))
         decode_s += t1 - t0
         forward_s += time.perf_counter() - t1
@@ -109,7 +113,8 @@ def plain_loop(encoder: Encoder, refs: list[ShardRef], classes: int) -> dict[str
 def shard_encoder_loop(encoder: Encoder, refs: list[ShardRef], config: Config, manifest: DatasetManifest,
                        model_uri: str) -> dict[str, float]:
     """``ShardEncoder.encode_shard`` (decode + forward + Parquet part) on every shard, in this process."""
-    shard_encoder = ShardEncoder(model_uri, None, {}, len(manifest.classes), manifest.fingerprint, encoder=encoder)
+    shard_encoder = ShardEncoder(model_uri, None, {}, len(manifest.classes), manifest.fingerprint,
+                                 encoder=encoder)
     images = 0
     start = time.perf_counter()
     for ref in refs:
@@ -142,9 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(REPO / "configs/idhn.yaml"))
     parser.add_argument("--preset", default="small", help="built-in dataset preset (tiny, small, default)")
     parser.add_argument("--actors", type=int, default=2, help="encode.actors of the Ray job")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass (encode.batch_size)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads of the plain loops (default: --actors)")
-    parser.add_argument("--workdir", default=None, help="keep the dataset and MLflow here (default: a temp folder)")
+    parser.add_argument("--batch-size", type=int, default=256,
+                        help="images per forward pass (encode.batch_size)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of the plain loops (default: --actors)")
+    parser.add_argument("--workdir", default=None,
+                        help="keep the dataset and MLflow here (default: a temp folder)")
     parser.add_argument("overrides", nargs="*", help="config key=value overrides")
     args = parser.parse_args(argv)
     threads = args.threads or args.actors
@@ -172,29 +180,34 @@ def main(argv: list[str] | None = None) -> int:
         job = ray_job(config)
 
     print(f"# Encode: {plain['images']} images ({', '.join(config.encode.splits)} of builtin-{args.preset}, "
-          f"{len(refs)} shards), {config.method.name} on {config.model.backbone} at {config.dataset.image_size} px, "
+          f"{len(refs)} shards), {config.method.name} on {config.model.backbone} at "
+          f"{config.dataset.image_size} px, "
           f"{config.model.bits} bits, batch {args.batch_size}")
     print(machine())
     base = plain["images"] / plain["seconds"]
     rows = [
         [f"{PLAIN}, {threads} torch threads", plain["images"], f"{plain['seconds']:.1f}",
          f"{base:.1f}", "100%", f"decode {plain['decode_s']:.1f} s + forward {plain['forward_s']:.1f} s"],
-        [f"ShardEncoder per shard, no Ray, {threads} torch threads", shard["images"], f"{shard['seconds']:.1f}",
+        [f"ShardEncoder per shard, no Ray, {threads} torch threads", shard["images"],
+         f"{shard['seconds']:.1f}",
          f"{shard['images'] / shard['seconds']:.1f}", f"{shard['images'] / shard['seconds'] / base:.0%}",
          "+ Parquet part per shard"],
         [f"Ray Data job, {args.actors} actors x {config.encode.cpus_per_actor} CPU (1 torch thread each)",
          job["images"], f"{job['seconds']:.1f}", f"{job['images'] / job['seconds']:.1f}",
-         f"{job['images'] / job['seconds'] / base:.0%}", "read -> last part written (actor start-up included)"],
+         f"{job['images'] / job['seconds'] / base:.0%}",
+         "read -> last part written (actor start-up included)"],
         ["same, end to end (ray.init + job + MLflow run)", job["images"], f"{job['end_to_end_s']:.1f}",
          f"{job['images'] / job['end_to_end_s']:.1f}", f"{job['images'] / job['end_to_end_s'] / base:.0%}",
          "what `python pipelines/encode.py` takes"],
     ]
     print(markdown_table(["implementation", "images", "seconds", "images/s", "vs plain loop", "notes"], rows))
     differing = sum(job["codes"].get(key) != code for key, code in plain["codes"].items())
-    print(f"job codes == plain loop codes: {'yes' if differing == 0 and len(job['codes']) == len(plain['codes']) else 'NO'}"
+    print("job codes == plain loop codes: "
+          f"{'yes' if differing == 0 and len(job['codes']) == len(plain['codes']) else 'NO'}"
           f" ({len(job['codes'])} keys written, {differing} of {len(plain['codes'])} differ)")
     ratio = job["images"] / job["seconds"] / base
-    print(f"target: job >= {TARGET:.0%} of the plain loop: {'met' if ratio >= TARGET else 'not met'} ({ratio:.0%})")
+    print(f"target: job >= {TARGET:.0%} of the plain loop: {'met' if ratio >= TARGET else 'not met'} "
+          f"({ratio:.0%})")
     return 0
 
 

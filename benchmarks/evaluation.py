@@ -110,7 +110,8 @@ def run(queries: int, database: int, bits: int, classes: int, topk: int, repeats
     rows: list[dict[str, float | str]] = []
     for name, fn in implementations.items():
         timing, value = best_time(fn, repeats)
-        rows.append({"implementation": name, "seconds": timing.wall, "cpu_seconds": timing.cpu, "value": value})
+        rows.append({"implementation": name, "seconds": timing.wall, "cpu_seconds": timing.cpu,
+                     "value": value})
         log.info("%s: %.3f s, mAP@%d = %.6f", name, timing.wall, topk, value)
     reference = rows[0]
     for row in rows:
@@ -132,11 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if min(args.queries, args.database, args.classes, args.topk, args.repeats) < 1 or args.bits % 8 or args.bits < 8:
-        log.error("--queries, --database, --classes, --topk, --repeats must be >= 1 and --bits a multiple of 8")
+    if min(args.queries, args.database, args.classes, args.topk,
+           args.repeats) < 1 or args.bits % 8 or args.bits < 8:
+        log.error("--queries, --database, --classes, --topk, --repeats must be >= 1 and --bits a multiple of "
+                  "8")
         return 2
 
-    print(f"# Evaluation: mAP@{args.topk}, {args.queries} queries x {args.database} database, {args.bits} bits, "
+    print(f"# Evaluation: mAP@{args.topk}, {args.queries} queries x {args.database} database, {args.bits} "
+          "bits, "
           f"{args.classes} classes (best of {args.repeats})")
     print(machine())
     rows = run(args.queries, args.database, args.bits, args.classes, args.topk, args.repeats, args.seed)

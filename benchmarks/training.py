@@ -105,7 +105,8 @@ def timed_train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def ray_run(config: Config, manifest: DatasetManifest, workers: int) -> dict[str, Any]:
-    """``pipelines/train.py``'s Ray Train job with ``workers`` workers on a fresh local Ray; rank 0's step times."""
+    """``pipelines/train.py``'s Ray Train job with ``workers`` workers on a fresh local Ray; rank 0's step
+    times."""
     import ray
     import ray.cloudpickle
     import ray.data
@@ -137,7 +138,8 @@ def ray_run(config: Config, manifest: DatasetManifest, workers: int) -> dict[str
         "Ray Data plan (driver)": fit_start - ray_ready,
         "Ray Train controller + worker group + DDP process group": rank0["loop_start"] - fit_start,
         "model build + DDP wrap (ours, in the worker)": rank0["model_ready"] - rank0["loop_start"],
-        "first batch (Ray Data read + decode + split)": steps[0][0] - rank0["model_ready"] if steps else float("nan"),
+        "first batch (Ray Data read + decode + split)":
+            steps[0][0] - rank0["model_ready"] if steps else float("nan"),
     }
     return {"start": start, "end": time.time(), "steps": steps, "startup": startup,
             "global_batch": config.train.batch_size * workers}
@@ -154,7 +156,8 @@ def summarise(name: str, run: dict[str, Any]) -> dict[str, Any]:
     return {"run": name, "steps": len(steps), "global_batch": run["global_batch"], "samples": samples,
             "first_step_s": steps[0][0] - run["start"], "steady_s": steady, "total_s": total,
             "steady_samples_per_s": samples / steady if steady > 0 else float("nan"),
-            "total_samples_per_s": samples / total, **({"startup": run["startup"]} if "startup" in run else {})}
+            "total_samples_per_s": samples / total,
+            **({"startup": run["startup"]} if "startup" in run else {})}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1,2", help="comma-separated Ray Train worker counts")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the plain loops (default 1: what Ray gives each worker)")
-    parser.add_argument("--workdir", default=None, help="keep dataset and checkpoints here (default: a temp folder)")
+    parser.add_argument("--workdir", default=None,
+                        help="keep dataset and checkpoints here (default: a temp folder)")
     parser.add_argument("overrides", nargs="*", help="config key=value overrides")
     args = parser.parse_args(argv)
     try:
@@ -181,16 +185,19 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [f"train.epochs={args.epochs}", *args.overrides]
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         try:
-            config, manifest = builtin_config(Path(args.workdir or tmp).resolve(), args.config, args.preset, overrides)
+            config, manifest = builtin_config(Path(args.workdir or tmp).resolve(), args.config, args.preset,
+                                              overrides)
         except (ConfigError, ValueError, FileNotFoundError) as exc:
             log.error("%s", exc)
             return 2
         torch_threads = torch.get_num_threads()
         torch.set_num_threads(args.threads)
         try:
-            rows = [summarise(f"plain loop (1 process, {args.threads} torch thread{'s' * (args.threads > 1)})",
+            threads = f"{args.threads} torch thread{'s' * (args.threads > 1)}"
+            rows = [summarise(f"plain loop (1 process, {threads})",
                               plain_run(config, manifest)),
-                    summarise("plain loop, images decoded once before", plain_run(config, manifest, in_memory=True))]
+                    summarise("plain loop, images decoded once before",
+                              plain_run(config, manifest, in_memory=True))]
         finally:
             torch.set_num_threads(torch_threads)
         for workers in worker_counts:
@@ -206,9 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(
         ["run", "steps", "global batch", "time to first step (s)", "samples/s (steady)", "vs plain",
          "samples/s (with start-up)", "vs plain", "total s"],
-        [[r["run"], r["steps"], r["global_batch"], f"{r['first_step_s']:.1f}", f"{r['steady_samples_per_s']:.1f}",
-          f"{r['steady_samples_per_s'] / base['steady_samples_per_s']:.2f}x", f"{r['total_samples_per_s']:.1f}",
-          f"{r['total_samples_per_s'] / base['total_samples_per_s']:.2f}x", f"{r['total_s']:.1f}"] for r in rows],
+        [[r["run"], r["steps"], r["global_batch"], f"{r['first_step_s']:.1f}",
+          f"{r['steady_samples_per_s']:.1f}",
+          f"{r['steady_samples_per_s'] / base['steady_samples_per_s']:.2f}x",
+          f"{r['total_samples_per_s']:.1f}",
+          f"{r['total_samples_per_s'] / base['total_samples_per_s']:.2f}x",
+          f"{r['total_s']:.1f}"] for r in rows],
     ))
     ray_rows = [r for r in rows if "startup" in r]
     if ray_rows:

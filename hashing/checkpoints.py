@@ -103,7 +103,8 @@ def load_training_state(
     """
     path = Path(directory) / STATE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no {STATE_FILE} in checkpoint directory {directory}: not a training checkpoint")
+        raise FileNotFoundError(f"no {STATE_FILE} in checkpoint directory {directory}: not a training "
+                                "checkpoint")
     payload = torch.load(path, map_location="cpu", weights_only=True)
     version = payload.get("format_version")
     if version != FORMAT_VERSION:

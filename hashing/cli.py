@@ -16,6 +16,7 @@ from pathlib import Path
 
 from hashing.cli_args import config_parser
 from hashing.jobs.runner import JobSpec, run_job
+from hashing.jobs.serve import serve_parser
 
 DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 SEARCH_SPLITS = ("database", "query")
@@ -35,15 +36,18 @@ def _set(args: argparse.Namespace, key: str, value: object) -> None:
 # ingest --------------------------------------------------------------------------------------------
 
 def ingest_parser() -> argparse.ArgumentParser:
-    p = _parser("ingest", "Images + labels/tags (or the built-in dataset) -> WebDataset shards + dataset.json "
-                "at dataset.uri; bad records go to quarantine.json. The flags are shorthands for config keys.")
+    p = _parser("ingest",
+                "Images + labels/tags (or the built-in dataset) -> WebDataset shards + dataset.json "
+                "at dataset.uri; bad records go to quarantine.json. The flags are shorthands for config "
+                "keys.")
     p.add_argument("--output", help="dataset root, local folder or s3://bucket/prefix: dataset.uri")
     p.add_argument("--source", choices=["builtin", "folder"], help="ingest.source (default: folder when "
                    "ingest.labels is set, else builtin)")
     p.add_argument("--preset", help="built-in preset (tiny, default, ...): dataset.builtin")
     p.add_argument("--seed", type=int, help="built-in dataset seed: dataset.seed")
     p.add_argument("--labels", help="folder source: labels file (.csv, or .jsonl JSON Lines): ingest.labels")
-    p.add_argument("--classes", help="folder source: a,b,c or a .txt file with one class per line: ingest.classes")
+    p.add_argument("--classes",
+                   help="folder source: a,b,c or a .txt file with one class per line: ingest.classes")
     p.add_argument("--split", choices=["train", "query", "database"],
                    help="folder source: split of rows without one: ingest.split")
     p.add_argument("--name", help="dataset name (default: builtin-PRESET, or the labels file's folder name): "
@@ -51,7 +55,8 @@ def ingest_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, help="samples per shard: dataset.shard_size")
     p.add_argument("--max-shard-bytes", type=int, help="also cap shards at about this many bytes")
     p.add_argument("--strict", action="store_true", help="fail on the first bad record: data.strict=true")
-    p.add_argument("--max-bad-fraction", type=float, help="fail when a larger fraction of the records is bad: "
+    p.add_argument("--max-bad-fraction", type=float,
+                   help="fail when a larger fraction of the records is bad: "
                    "data.max_bad_fraction")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already there (it stays "
                    "readable until the new one is complete, and unchanged if the ingest fails)")
@@ -61,7 +66,8 @@ def ingest_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-image-pixels", type=int, metavar="N",
                    help="reject images of more than N pixels as too_large (default 8192 x 8192; "
                    "env HASHING_MAX_IMAGE_PIXELS): ingest.max_image_pixels")
-    p.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint: storage.s3_endpoint; default: "
+    p.add_argument("--s3-endpoint", metavar="URL",
+                   help="S3-compatible endpoint: storage.s3_endpoint; default: "
                    "AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS")
     return p
 
@@ -71,7 +77,8 @@ _INGEST_FLAGS = {"output": "dataset.uri", "source": "ingest.source", "preset": "
                  "split": "ingest.split", "name": "dataset.name", "shard_size": "dataset.shard_size",
                  "max_shard_bytes": "ingest.max_shard_bytes", "max_bad_fraction": "data.max_bad_fraction",
                  "max_image_pixels": "ingest.max_image_pixels", "s3_endpoint": "storage.s3_endpoint"}
-_INGEST_SWITCHES = {"strict": "data.strict", "overwrite": "ingest.overwrite", "unlabelled": "ingest.unlabelled"}
+_INGEST_SWITCHES = {"strict": "data.strict", "overwrite": "ingest.overwrite",
+                    "unlabelled": "ingest.unlabelled"}
 
 
 def prepare_ingest(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -80,7 +87,8 @@ def prepare_ingest(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     from hashing.config import check_s3_endpoint, has_credentials
 
     if args.output is not None and has_credentials(args.output):
-        parser.error("--output: the URI contains credentials (user:password@); give them through the environment "
+        parser.error("--output: the URI contains credentials (user:password@); give them through the "
+                     "environment "
                      "(AWS_* variables), never on the command line")
     try:
         check_s3_endpoint(args.s3_endpoint, "--s3-endpoint")
@@ -127,7 +135,8 @@ def encode_parser() -> argparse.ArgumentParser:
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
-    return _parser("evaluate", "Evaluate a registered model version from its code shards (query vs database).")
+    return _parser("evaluate",
+                   "Evaluate a registered model version from its code shards (query vs database).")
 
 
 def promote_parser() -> argparse.ArgumentParser:
@@ -152,7 +161,7 @@ def search_parser() -> argparse.ArgumentParser:
 
 def demo_parser() -> argparse.ArgumentParser:
     return _parser("demo", "Run ingest -> train -> encode -> evaluate -> promote -> search on the built-in "
-                   f"dataset (default --config {DEFAULT_DEMO_CONFIG.parent.name}/{DEFAULT_DEMO_CONFIG.name}).")
+                   f"dataset (default --config configs/{DEFAULT_DEMO_CONFIG.name}).")
 
 
 def prepare_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -167,6 +176,7 @@ JOBS: dict[str, JobSpec] = {
     "promote": JobSpec("promote", promote_parser),
     "search": JobSpec("search", search_parser),
     "demo": JobSpec("demo", demo_parser, prepare_demo, tracking=False),
+    "serve": JobSpec("serve", serve_parser),
 }
 
 USAGE = """usage: hashing JOB [--config PATH] [key=value ...] [--log-level LEVEL | -v] [job flags]
@@ -179,6 +189,7 @@ jobs (`hashing JOB --help` for each):
   promote   challenger -> champion when its evaluation beats the champion's
   search    top-k Hamming search by key, image file or text
   demo      the whole flow on the built-in dataset
+  serve     query service on Ray Serve (HTTP) over the champion's code shards
 """
 
 

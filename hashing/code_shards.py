@@ -8,9 +8,10 @@ e.g. ``runs/codes/hashing-idhn-builtin-tiny/v3/database/part-shard-000004.parque
 ``database/shard-000004.tar``. Columns:
 
     ``key``           string                           the sample's ``__key__``
-    ``code``          fixed_size_binary(bits // 8)     packed code (``numpy.packbits`` order, ``hashing.codes``)
-    ``labels``        list<int32> (null when unknown)  class indices
-    ``source_shard``  string                           source shard path in the dataset (``database/shard-000004.tar``)
+    ``code``          fixed_size_binary(bits // 8)     packed code (``numpy.packbits`` order,
+    ``hashing.codes``) ``labels``        list<int32> (null when unknown)  class indices
+    ``source_shard``  string                           source shard path in the dataset
+    (``database/shard-000004.tar``)
 
 File metadata (``PartMeta``): ``bits``, ``method``, ``model_uri``, ``dataset_fingerprint`` (of the
 dataset when the part was written), ``source_shard`` and ``source_sha256`` (the shard's checksum in
@@ -131,7 +132,8 @@ def part_bytes(keys: Sequence[str], codes: np.ndarray, labels: Sequence[Sequence
     check_codes(codes, "codes", width=bits // 8)
     if codes.shape[0] != n or (labels is not None and len(labels) != n):
         raise ValueError(f"part of {meta.source_shard}: {n} keys, {codes.shape[0]} codes and "
-                         f"{'no' if labels is None else len(labels)} label lists; expected one of each per row")
+                         f"{'no' if labels is None else len(labels)} label lists; expected one of each per "
+                         "row")
     width = bits // 8
     flat = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
     code_array = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n, [None, pa.py_buffer(flat)])
@@ -207,7 +209,8 @@ def list_parts(split_root: str) -> dict[str, str]:
     out = {}
     for uri in storage.list_files(split_root):
         name = posixpath.basename(uri)
-        if name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX) and uri == storage.join(split_root, name):
+        if (name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
+                and uri == storage.join(split_root, name)):
             out[name] = uri
     return out
 
@@ -265,7 +268,8 @@ class SplitCodes:
         return len(self.keys)
 
     def multi_hot(self, num_classes: int) -> np.ndarray:
-        """Labels as multi-hot uint8[n, num_classes]; ``CodeShardError`` when some are unknown or out of range."""
+        """Labels as multi-hot uint8[n, num_classes]; ``CodeShardError`` when some are unknown or out of
+        range."""
         out = np.zeros((len(self), num_classes), dtype=np.uint8)
         for i, row in enumerate(self.labels):
             if row is None:
@@ -301,20 +305,25 @@ def load_split(split_root: str, expected: Mapping[str, str] | None = None) -> Sp
     else:
         missing = [s for s in expected if part_name(s) not in present]
         if missing:
-            raise CodeShardError(f"{split_root}: {len(missing)} of {len(expected)} source shards have no code "
+            raise CodeShardError(f"{split_root}: {len(missing)} of {len(expected)} source shards have no "
+                                 "code "
                                  f"part ({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}); "
                                  "run pipelines/encode.py for this model version")
         uris = [present[part_name(s)] for s in expected]
     if not uris:
-        raise CodeShardError(f"no code parts under {split_root}; run pipelines/encode.py for this model version")
+        raise CodeShardError(f"no code parts under {split_root}; run pipelines/encode.py for this model "
+                             "version")
     parts = [read_part(uri) for uri in uris]
     first = parts[0].meta
     for uri, part in zip(uris, parts, strict=True):
         m = part.meta
         if (m.bits, m.method, m.model_uri) != (first.bits, first.method, first.model_uri):
-            raise CodeShardError(f"{uri} was written by {m.model_uri} ({m.method}, {m.bits} bits) but {uris[0]} "
-                                 f"by {first.model_uri} ({first.method}, {first.bits} bits); re-encode with --force")
-        if expected is not None and (m.source_shard not in expected or m.source_sha256 != expected[m.source_shard]):
+            raise CodeShardError(f"{uri} was written by {m.model_uri} ({m.method}, {m.bits} bits) but "
+                                 f"{uris[0]} "
+                                 f"by {first.model_uri} ({first.method}, {first.bits} bits); re-encode with "
+                                 "--force")
+        if expected is not None and (m.source_shard not in expected
+                                     or m.source_sha256 != expected[m.source_shard]):
             raise CodeShardError(f"{uri} is stale: written for {m.source_shard} with sha256 "
                                  f"{m.source_sha256[:12]}..., the dataset now has "
                                  f"{str(expected.get(m.source_shard))[:12]}...; rerun pipelines/encode.py")
@@ -326,7 +335,8 @@ def load_split(split_root: str, expected: Mapping[str, str] | None = None) -> Sp
         keys=keys,
         codes=np.concatenate([p.codes for p in parts]),
         labels=[row for p in parts for row in p.labels],
-        source_shards=np.concatenate([np.full(len(p.keys), p.meta.source_shard, dtype=object) for p in parts]),
+        source_shards=np.concatenate([np.full(len(p.keys), p.meta.source_shard,
+                                              dtype=object) for p in parts]),
         bits=first.bits,
         method=first.method,
         model_uri=first.model_uri,

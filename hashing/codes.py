@@ -42,7 +42,8 @@ def check_codes(codes: np.ndarray, name: str, width: int | None = None) -> None:
         raise ValueError(f"{name} must have {width} bytes per code ({width * 8} bits), got {codes.shape[1]}")
     if not MIN_BITS <= codes.shape[1] * 8 <= MAX_BITS:
         raise ValueError(f"{name} have {codes.shape[1]} bytes per code ({codes.shape[1] * 8} bits); "
-                         f"codes are {MIN_BITS} to {MAX_BITS} bits ({MIN_BITS // 8} to {MAX_BITS // 8} bytes)")
+                         f"codes are {MIN_BITS} to {MAX_BITS} bits "
+                         f"({MIN_BITS // 8} to {MAX_BITS // 8} bytes)")
 
 
 def signs_to_bits(u: Any) -> np.ndarray:

@@ -2,8 +2,8 @@
 
 A config is a YAML mapping of sections (``run``, ``ray``, ``storage``, ``dataset``, ``data``, ``model``,
 ``method``, ``train``, ``tracking``, ``encode``, ``evaluate``, ``promote``, ``search``, ``ingest``). Every
-section forbids unknown keys; ``method.params`` is checked against the method class constructor, so a typo names
-the keys the method accepts. A file may ``include:`` other YAML files (paths relative to itself);
+section forbids unknown keys; ``method.params`` is checked against the method class constructor, so a typo
+names the keys the method accepts. A file may ``include:`` other YAML files (paths relative to itself);
 they are merged in order (nested mappings merge, other values replace), then the file's own keys,
 then the overrides. Local paths are made absolute at load time, so every process (driver, Ray
 workers) sees the same folders.
@@ -419,7 +419,8 @@ class PromoteSection(_Section):
 
     model: str | None = Field(None, description="registered name; None: hashing-{method.name}-{dataset name}")
     metric: str = Field(
-        "map", description="the evaluation metric that decides: map (the mAP@K evaluated) or a name like ndcg_at_100"
+        "map",
+        description="the evaluation metric that decides: map (the mAP@K evaluated) or a name like ndcg_at_100"
     )
     margin: float = Field(0.0, ge=0.0, description="challenger must beat the champion by this much")
     dry_run: bool = False
@@ -435,7 +436,8 @@ class SearchSection(ModelRefSection):
         "(hashing/mih.py); faiss-ivf: sub-linear, approximate; numpy: exact scan"
     )
     nlist: int | None = Field(None, gt=0, description="faiss-ivf inverted lists; None: sqrt(database size)")
-    nprobe: int = Field(8, gt=0, description="faiss-ivf lists scanned per query (more: better recall, slower)")
+    nprobe: int = Field(8, gt=0,
+                        description="faiss-ivf lists scanned per query (more: better recall, slower)")
 
 
 class IngestSection(_Section):
@@ -444,18 +446,22 @@ class IngestSection(_Section):
     and ``data.strict`` / ``data.max_bad_fraction`` decide about bad records."""
 
     source: Literal["builtin", "folder"] | None = Field(
-        None, description="builtin: the built-in dataset; folder: ingest.labels; None: folder when labels is set"
+        None,
+        description="builtin: the built-in dataset; folder: ingest.labels; None: folder when labels is set"
     )
     labels: str | None = Field(None, description="folder source: labels file (.csv, or .jsonl JSON Lines)")
     classes: str | None = Field(
-        None, description="folder source: a,b,c or a .txt file (one class per line); None: classes.txt by labels"
+        None,
+        description="folder source: a,b,c or a .txt file (one class per line); None: classes.txt by labels"
     )
     split: Literal["train", "query", "database"] = Field("train", description="split of rows without one")
     max_shard_bytes: int | None = Field(None, gt=0, description="also cap shards at about this many bytes")
-    overwrite: bool = Field(False, description="replace a dataset already at dataset.uri (kept if this fails)")
+    overwrite: bool = Field(False,
+                            description="replace a dataset already at dataset.uri (kept if this fails)")
     unlabelled: bool = Field(False, description="folder source: allow a labels file without labels")
     max_image_pixels: int | None = Field(
-        None, ge=1, description="images of more pixels are too_large; None: env HASHING_MAX_IMAGE_PIXELS or 8192^2"
+        None, ge=1,
+        description="images of more pixels are too_large; None: env HASHING_MAX_IMAGE_PIXELS or 8192^2"
     )
 
     @field_validator("labels")

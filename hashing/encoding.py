@@ -41,7 +41,8 @@ class Encoder:
         device: ``"cpu"``, ``"cuda"``, ...
     """
 
-    def __init__(self, method: HashingMethod, image_size: int, batch_size: int = 256, device: str = "cpu") -> None:
+    def __init__(self, method: HashingMethod, image_size: int, batch_size: int = 256,
+                 device: str = "cpu") -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.method = method.to(device).eval()
@@ -72,7 +73,8 @@ class Encoder:
         """Preprocessed images float32[n, 3, S, S] -> packed codes uint8[n, bits // 8]."""
         images = torch.as_tensor(images)
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected preprocessed images float32[n, 3, S, S], got shape {tuple(images.shape)}")
+            raise ValueError("expected preprocessed images float32[n, 3, S, S], got shape "
+                             f"{tuple(images.shape)}")
         if images.shape[0] == 0:
             return np.zeros((0, self.bits // 8), dtype=np.uint8)
         with torch.inference_mode():
@@ -123,7 +125,8 @@ class ShardEncoder:
     ``rows`` int64, ``bad`` str (JSON list of ``BadSample.to_dict()``), ``seconds`` float64.
     """
 
-    def __init__(self, model_uri: str, tracking_uri: str | None, shards: Mapping[str, ShardRef], num_classes: int,
+    def __init__(self, model_uri: str, tracking_uri: str | None, shards: Mapping[str, ShardRef],
+                 num_classes: int,
                  dataset_fingerprint: str, batch_size: int = 256, device: str = "cpu",
                  encoder: Encoder | None = None) -> None:
         self.encoder = encoder or Encoder.from_model_uri(model_uri, tracking_uri, batch_size, device)
@@ -133,11 +136,13 @@ class ShardEncoder:
         self.dataset_fingerprint = dataset_fingerprint
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out: dict[str, list] = {"source_shard": [], "split": [], "part": [], "rows": [], "bad": [], "seconds": []}
+        out: dict[str, list] = {"source_shard": [], "split": [], "part": [], "rows": [], "bad": [],
+                                "seconds": []}
         for data, path in zip(batch["bytes"], batch["path"], strict=True):
             ref = self.shards.get(str(path).lstrip("/"))
             if ref is None:
-                raise KeyError(f"shard {path!r} is not one of the {len(self.shards)} shards this encoder was given")
+                raise KeyError(f"shard {path!r} is not one of the {len(self.shards)} shards this encoder was "
+                               "given")
             result = self.encode_shard(bytes(data), ref)
             out["source_shard"].append(ref.info.path)
             out["split"].append(ref.split)
@@ -165,7 +170,8 @@ class ShardEncoder:
         labels: list[list[int]] = []
         codes: list[np.ndarray] = []
         pending: list[np.ndarray] = []
-        for item in decode_shard(io.BytesIO(data), ref.uri, ref.info, self.num_classes, self.encoder.preprocess,
+        for item in decode_shard(io.BytesIO(data), ref.uri, ref.info, self.num_classes,
+                                 self.encoder.preprocess,
                                  vocab=None):
             if isinstance(item, BadSample):
                 bad.append(item)
@@ -189,4 +195,5 @@ class ShardEncoder:
 
 def bad_samples_from_json(text: str) -> list[BadSample]:
     """Parse the ``bad`` column of ``ShardEncoder`` output back into ``BadSample`` records."""
-    return [BadSample(BadKind(d["kind"]), d["detail"], d.get("key"), d.get("shard")) for d in json.loads(text)]
+    return [BadSample(BadKind(d["kind"]), d["detail"], d.get("key"),
+                      d.get("shard")) for d in json.loads(text)]

@@ -492,7 +492,8 @@ def _check_inputs(
             raise ValueError(f"{name} are empty: metrics need at least one query and one database item")
     if q_codes.shape[1] != db_codes.shape[1]:
         raise ValueError(
-            f"code widths differ: queries have {q_codes.shape[1] * 8} bits, database has {db_codes.shape[1] * 8}"
+            f"code widths differ: queries have {q_codes.shape[1] * 8} bits, database has "
+            f"{db_codes.shape[1] * 8}"
         )
     for name, labels, codes in (
         ("query labels", q_labels, q_codes),
@@ -514,5 +515,6 @@ def _check_inputs(
             raise ValueError(f"{name} must be multi-hot (0/1 values), found values outside 0..1")
     if q_labels.shape[1] != db_labels.shape[1]:
         raise ValueError(
-            f"label widths differ: queries have {q_labels.shape[1]} classes, database has {db_labels.shape[1]}"
+            f"label widths differ: queries have {q_labels.shape[1]} classes, database has "
+            f"{db_labels.shape[1]}"
         )

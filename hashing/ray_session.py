@@ -27,7 +27,8 @@ class ResourceRequestTimeoutFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.getMessage().startswith(_RESOURCE_REQUEST_FAILURES):
-            record.msg = ("Ray Train's resource request to its autoscaling coordinator timed out (a busy machine "
+            record.msg = ("Ray Train's resource request to its autoscaling coordinator timed out (a busy "
+                          "machine "
                           "while workers start); harmless without an autoscaler, training goes on")
             record.args, record.exc_info, record.exc_text = (), None, None
             record.levelno, record.levelname = logging.INFO, "INFO"
@@ -83,7 +84,8 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
             runtime_env["env_vars"] = env
         ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env or None)
     else:
-        ray.init(address="local", num_cpus=num_cpus, logging_level=logging.WARNING, runtime_env=runtime_env or None)
+        ray.init(address="local", num_cpus=num_cpus, logging_level=logging.WARNING,
+                 runtime_env=runtime_env or None)
     return True
 
 

@@ -138,7 +138,8 @@ def check_tracking_server(config: Config, timeout_s: float = SERVER_CHECK_TIMEOU
         pass
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise UnavailableError(f"no MLflow tracking server answers at {uri} (tracking.uri / MLFLOW_TRACKING_URI): "
+        raise UnavailableError(f"no MLflow tracking server answers at {uri} (tracking.uri / "
+                               "MLFLOW_TRACKING_URI): "
                               f"{reason}; start the server or fix the URI") from None
 
 

@@ -1,6 +1,7 @@
-"""``python pipelines/demo.py ...`` = ``hashing demo ...``: the job lives in ``hashing/jobs/demo.py`` (see ``--help``).
+"""``python pipelines/demo.py ...`` is ``hashing demo ...``; the job is ``hashing/jobs/demo.py`` (see
+``--help``).
 
-Run as a script (also under ``ray job submit -- python pipelines/demo.py``) it is the ``hashing demo`` command;
+As a script (also ``ray job submit -- python pipelines/demo.py ...``) it runs the ``hashing demo`` command;
 imported (``import pipelines.demo``) it is the module ``hashing.jobs.demo`` itself.
 """
 

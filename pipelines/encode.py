@@ -1,7 +1,8 @@
-"""``python pipelines/encode.py ...`` = ``hashing encode ...``: the job lives in ``hashing/jobs/encode.py`` (see ``--help``).
+"""``python pipelines/encode.py ...`` is ``hashing encode ...``; the job is ``hashing/jobs/encode.py`` (see
+``--help``).
 
-Run as a script (also under ``ray job submit -- python pipelines/encode.py``) it is the ``hashing encode`` command;
-imported (``import pipelines.encode``) it is the module ``hashing.jobs.encode`` itself.
+As a script (also ``ray job submit -- python pipelines/encode.py ...``) it runs the ``hashing encode``
+command; imported (``import pipelines.encode``) it is the module ``hashing.jobs.encode`` itself.
 """
 
 import sys

@@ -1,7 +1,8 @@
-"""``python pipelines/evaluate.py ...`` = ``hashing evaluate ...``: the job lives in ``hashing/jobs/evaluate.py`` (see ``--help``).
+"""``python pipelines/evaluate.py ...`` is ``hashing evaluate ...``; the job is ``hashing/jobs/evaluate.py``
+(see ``--help``).
 
-Run as a script (also under ``ray job submit -- python pipelines/evaluate.py``) it is the ``hashing evaluate`` command;
-imported (``import pipelines.evaluate``) it is the module ``hashing.jobs.evaluate`` itself.
+As a script (also ``ray job submit -- python pipelines/evaluate.py ...``) it runs the ``hashing evaluate``
+command; imported (``import pipelines.evaluate``) it is the module ``hashing.jobs.evaluate`` itself.
 """
 
 import sys

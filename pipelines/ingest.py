@@ -1,7 +1,8 @@
-"""``python pipelines/ingest.py ...`` = ``hashing ingest ...``: the job lives in ``hashing/jobs/ingest.py`` (see ``--help``).
+"""``python pipelines/ingest.py ...`` is ``hashing ingest ...``; the job is ``hashing/jobs/ingest.py`` (see
+``--help``).
 
-Run as a script (also under ``ray job submit -- python pipelines/ingest.py``) it is the ``hashing ingest`` command;
-imported (``import pipelines.ingest``) it is the module ``hashing.jobs.ingest`` itself.
+As a script (also ``ray job submit -- python pipelines/ingest.py ...``) it runs the ``hashing ingest``
+command; imported (``import pipelines.ingest``) it is the module ``hashing.jobs.ingest`` itself.
 """
 
 import sys

@@ -1,7 +1,8 @@
-"""``python pipelines/promote.py ...`` = ``hashing promote ...``: the job lives in ``hashing/jobs/promote.py`` (see ``--help``).
+"""``python pipelines/promote.py ...`` is ``hashing promote ...``; the job is ``hashing/jobs/promote.py`` (see
+``--help``).
 
-Run as a script (also under ``ray job submit -- python pipelines/promote.py``) it is the ``hashing promote`` command;
-imported (``import pipelines.promote``) it is the module ``hashing.jobs.promote`` itself.
+As a script (also ``ray job submit -- python pipelines/promote.py ...``) it runs the ``hashing promote``
+command; imported (``import pipelines.promote``) it is the module ``hashing.jobs.promote`` itself.
 """
 
 import sys

@@ -1,7 +1,8 @@
-"""``python pipelines/search.py ...`` = ``hashing search ...``: the job lives in ``hashing/jobs/search.py`` (see ``--help``).
+"""``python pipelines/search.py ...`` is ``hashing search ...``; the job is ``hashing/jobs/search.py`` (see
+``--help``).
 
-Run as a script (also under ``ray job submit -- python pipelines/search.py``) it is the ``hashing search`` command;
-imported (``import pipelines.search``) it is the module ``hashing.jobs.search`` itself.
+As a script (also ``ray job submit -- python pipelines/search.py ...``) it runs the ``hashing search``
+command; imported (``import pipelines.search``) it is the module ``hashing.jobs.search`` itself.
 """
 
 import sys

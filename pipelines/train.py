@@ -1,6 +1,7 @@
-"""``python pipelines/train.py ...`` = ``hashing train ...``: the job lives in ``hashing/jobs/train.py`` (see ``--help``).
+"""``python pipelines/train.py ...`` is ``hashing train ...``; the job is ``hashing/jobs/train.py`` (see
+``--help``).
 
-Run as a script (also under ``ray job submit -- python pipelines/train.py``) it is the ``hashing train`` command;
+As a script (also ``ray job submit -- python pipelines/train.py ...``) it runs the ``hashing train`` command;
 imported (``import pipelines.train``) it is the module ``hashing.jobs.train`` itself.
 """
 

@@ -56,7 +56,8 @@ def running_service(name: str, command: list[str], ready_url: str, log_path: Pat
     the whole group after (SIGTERM, then SIGKILL after 30 s). A process that exits or never answers
     raises with the end of its log."""
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **popen)
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                **popen)
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -105,7 +106,8 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 # moto accepts any credentials: these dummy ones are no secret.
-MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                    "AWS_REGION": "us-east-1",
                     "AWS_DEFAULT_REGION": "us-east-1"}
 
 

@@ -23,7 +23,8 @@ def _model_and_state(seed: int) -> tuple[nn.Module, torch.optim.Optimizer, torch
     return model, opt, torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
 
 
-def _step(model: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.StepLR, x: torch.Tensor) -> None:
+def _step(model: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.StepLR,
+          x: torch.Tensor) -> None:
     opt.zero_grad()
     model(x).square().mean().backward()
     opt.step()
@@ -40,7 +41,8 @@ def test_round_trip_restores_weights_optimizer_scheduler_and_counters(tmp_path: 
     save_training_state(tmp_path, model, {"optimizer/main": opt, "scheduler/main": sched}, progress)
 
     other, other_opt, other_sched = _model_and_state(99)
-    loaded = load_training_state(tmp_path, other, {"optimizer/main": other_opt, "scheduler/main": other_sched})
+    loaded = load_training_state(tmp_path, other,
+                                 {"optimizer/main": other_opt, "scheduler/main": other_sched})
 
     assert loaded == progress
     for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True):
@@ -80,7 +82,8 @@ def test_missing_state_file_names_the_directory(tmp_path: Path) -> None:
 def test_optimizer_names_must_match(tmp_path: Path) -> None:
     model, opt, _ = _model_and_state(0)
     save_training_state(tmp_path, model, {"optimizer/main": opt}, Progress())
-    with pytest.raises(ValueError, match=r"\['optimizer/main'\].*\['optimizer/discriminator', 'optimizer/main'\]"):
+    with pytest.raises(ValueError,
+                       match=r"\['optimizer/main'\].*\['optimizer/discriminator', 'optimizer/main'\]"):
         load_training_state(tmp_path, model, {"optimizer/main": opt, "optimizer/discriminator": opt})
 
 

@@ -59,7 +59,7 @@ print(json.dumps({{"outputs": outputs, "heavy": [m for m in {HEAVY!r} if m in sy
 
 def test_console_script_and_python_m_work_outside_the_repository(tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("hashing")
-    assert script.is_file(), "the venv lacks the hashing script: pip install -e . (pyproject [project.scripts])"
+    assert script.is_file(), "no hashing script in the venv: pip install -e . (pyproject [project.scripts])"
     started = time.perf_counter()
     done = _run([str(script), "search", "--help"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -122,7 +122,8 @@ def test_load_split_reads_expected_shards_in_dataset_order(tmp_path: Path) -> No
 
     assert split.keys.tolist() == k1 + k0
     np.testing.assert_array_equal(split.codes, np.concatenate([c1, c0]))
-    assert split.source_shards.tolist() == ["database/shard-000001.tar"] * 4 + ["database/shard-000000.tar"] * 3
+    expected = ["database/shard-000001.tar"] * 4 + ["database/shard-000000.tar"] * 3
+    assert split.source_shards.tolist() == expected
     assert (split.bits, split.method, split.model_uri) == (BITS, "idhn", MODEL_URI)
     assert split.multi_hot(3)[:4].tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]]
     assert len(cs.load_split(root)) == 9  # no expectation: every part, in name order
@@ -131,7 +132,8 @@ def test_load_split_reads_expected_shards_in_dataset_order(tmp_path: Path) -> No
 def test_load_split_names_missing_stale_and_mixed_parts(tmp_path: Path) -> None:
     root = str(tmp_path / "v3" / "query")
     _write(root, "query", 0, 2)
-    with pytest.raises(cs.CodeShardError, match=r"1 of 2 source shards have no code part \(query/shard-000001"):
+    with pytest.raises(cs.CodeShardError,
+                       match=r"1 of 2 source shards have no code part \(query/shard-000001"):
         cs.load_split(root, {"query/shard-000000.tar": SHA_A, "query/shard-000001.tar": SHA_A})
     with pytest.raises(cs.CodeShardError, match="part-shard-000000.parquet is stale"):
         cs.load_split(root, {"query/shard-000000.tar": SHA_B})
@@ -146,7 +148,8 @@ def test_load_split_refuses_a_key_in_two_parts(tmp_path: Path) -> None:
     root = str(tmp_path / "v3" / "query")
     for shard in (0, 1):
         source = f"query/shard-{shard:06d}.tar"
-        cs.write_part(cs.part_uri(root, source), ["same", f"other-{shard}"], _codes(2, shard), None, _meta(source))
+        cs.write_part(cs.part_uri(root, source), ["same", f"other-{shard}"], _codes(2, shard), None,
+                      _meta(source))
     with pytest.raises(cs.CodeShardError, match=r"keys in more than one row: \['same'\]"):
         cs.load_split(root)
 

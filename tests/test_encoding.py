@@ -37,7 +37,8 @@ def encoder() -> Encoder:
 
 
 def _shard_encoder(encoder: Encoder, refs: list[ShardRef], num_classes: int) -> ShardEncoder:
-    return ShardEncoder(MODEL_URI, None, {ref.uri: ref for ref in refs}, num_classes, "fp-test", encoder=encoder)
+    return ShardEncoder(MODEL_URI, None, {ref.uri: ref for ref in refs}, num_classes, "fp-test",
+                        encoder=encoder)
 
 
 def test_encode_images_is_packed_sign_of_the_method(encoder: Encoder) -> None:
@@ -68,7 +69,8 @@ def test_shard_parts_hold_the_methods_codes_of_every_sample(encoder: Encoder, ti
     parts = [_read(part, tmp_path) for part in out["part"]]
     samples = list(iter_split(tiny_dataset, "query", encoder.preprocess))
     with torch.inference_mode():
-        expected = pack_signs(encoder.method.encode_image(torch.as_tensor(np.stack([s["image"] for s in samples]))))
+        images = torch.as_tensor(np.stack([s["image"] for s in samples]))
+        expected = pack_signs(encoder.method.encode_image(images))
     assert np.concatenate([p.keys for p in parts]).tolist() == [s["key"] for s in samples]
     np.testing.assert_array_equal(np.concatenate([p.codes for p in parts]), expected)
     labels = [row.tolist() for p in parts for row in p.labels]

@@ -35,7 +35,8 @@ JOB = textwrap.dedent("""
     temp_dir, root = sys.argv[1], sys.argv[2]
     classes, tags, total, records = builtin_source("tiny", seed=0)
     ingest(root, records, name="tiny", classes=classes, tags=tags, total=total, shard_size=64, progress=False)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", _temp_dir=temp_dir,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             _temp_dir=temp_dir,
              object_store_memory=75 << 20, _system_config={"object_spilling_config": json.dumps(
                  {"type": "filesystem", "params": {"directory_path": os.path.join(temp_dir, "spill")}})})
     rows = read_split(root, "query", Preprocess(16, (0.5,) * 3, (0.5,) * 3), num_cpus=0.5).take_all()

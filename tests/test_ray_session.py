@@ -97,13 +97,15 @@ def test_resource_request_timeout_warning_becomes_one_info_line() -> None:
         try:
             raise ray.exceptions.GetTimeoutError("Get timed out: some object(s) not ready.")
         except ray.exceptions.GetTimeoutError:
-            logger.warning("Failed to send resource request for %s. If this only happens ...", "abc", exc_info=True)
+            logger.warning("Failed to send resource request for %s. If this only happens ...", "abc",
+                           exc_info=True)
         logger.warning("something else")
     finally:
         logger.removeHandler(handler)
     first, other = records
     assert (first.levelname, first.exc_info, first.getMessage()) == (
-        "INFO", None, ("Ray Train's resource request to its autoscaling coordinator timed out (a busy machine "
+        "INFO", None,
+        ("Ray Train's resource request to its autoscaling coordinator timed out (a busy machine "
                        "while workers start); harmless without an autoscaler, training goes on"))
     assert (other.levelname, other.getMessage()) == ("WARNING", "something else")
 

@@ -117,7 +117,8 @@ def test_s3_unreachable_endpoint_is_retried_then_raises(s3_env: str, fast_retrie
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # boto3's own retries off: count ours
     with caplog.at_level(logging.WARNING, logger="hashing.storage"), \
             pytest.raises(storage.StorageUnavailableError,
-                          match=f"S3 endpoint http://127.0.0.1:{port} did not answer after 3 attempts") as exc:
+                          match=f"S3 endpoint http://127.0.0.1:{port} did not answer after 3 "
+                                "attempts") as exc:
         storage.write_bytes("s3://bucket/k", b"x")
     assert isinstance(exc.value.__cause__, botocore.exceptions.EndpointConnectionError)
     assert caplog.text.count("retrying") == storage.RETRY_ATTEMPTS - 1
@@ -138,7 +139,8 @@ def test_ray_filesystem_carries_no_credentials(s3_bucket: str, monkeypatch: pyte
         assert f.read() == b"payload"
 
 
-def test_ray_filesystem_without_credentials_is_a_clear_error(s3_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ray_filesystem_without_credentials_is_a_clear_error(s3_env: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(var)
     with pytest.raises(PermissionError, match="no AWS credentials found for 's3://b/x'"):
@@ -215,7 +217,8 @@ def test_config_s3_endpoint_reaches_the_store(no_endpoint_env: str, s3_endpoint:
     assert storage.read_bytes(uri) == b"payload"
     assert storage.list_files(storage.join(no_endpoint_env, "cfg")) == [uri]
     moto = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    assert moto.get_object(Bucket=no_endpoint_env.removeprefix("s3://"), Key="cfg/obj.bin")["Body"].read() == b"payload"
+    assert moto.get_object(Bucket=no_endpoint_env.removeprefix("s3://"),
+                           Key="cfg/obj.bin")["Body"].read() == b"payload"
     assert os.environ["AWS_ENDPOINT_URL_S3"] == os.environ["MLFLOW_S3_ENDPOINT_URL"] == s3_endpoint
 
 
@@ -232,4 +235,5 @@ def test_config_s3_endpoint_wins_over_the_environment(no_endpoint_env: str, s3_e
     storage.use_s3_endpoint(s3_endpoint)
     storage.write_bytes(uri, b"x")
     assert storage.read_bytes(uri) == b"x"
-    assert os.environ["MLFLOW_S3_ENDPOINT_URL"] == "http://artifacts.example.org:9000"  # set by the user: kept
+    # set by the user: kept
+    assert os.environ["MLFLOW_S3_ENDPOINT_URL"] == "http://artifacts.example.org:9000"

@@ -243,7 +243,8 @@ def iter_split(root: str, split: str, preprocess: Preprocess | None = None, *,
                     yield out
 
 
-def validate_split(root: str, split: str, *, strict: bool = False, max_bad_fraction: float = 0.01) -> Quarantine:
+def validate_split(root: str, split: str, *, strict: bool = False,
+                   max_bad_fraction: float = 0.01) -> Quarantine:
     """Read a whole split (images decoded, not preprocessed) and return its quarantine report.
 
     The caller decides what to do with it (``check()`` raises past ``max_bad_fraction``).
@@ -302,7 +303,8 @@ def _decode_shard_batch(batch: dict[str, np.ndarray], shards: dict[str, tuple[st
     """Ray Data UDF: a batch of whole shards (``bytes``, ``path``) -> decoded samples, yielded in blocks
     of about ``DECODED_BLOCK_BYTES`` of images (so training starts once the first block is decoded, not
     the whole shard, and a worker holds one block of large images at a time)."""
-    rows_per_block = max(1, DECODED_BLOCK_BYTES // (np.dtype(np.float32).itemsize * int(np.prod(image_shape))))
+    rows_per_block = max(1,
+                         DECODED_BLOCK_BYTES // (np.dtype(np.float32).itemsize * int(np.prod(image_shape))))
     rows: list[dict] = []
     yielded = False
     for data, path in zip(batch["bytes"], batch["path"], strict=True):

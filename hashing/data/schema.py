@@ -212,7 +212,8 @@ def parse_sample_json(data: bytes, num_classes: int) -> tuple[list[int], list[st
         raise SampleError(BadKind.BAD_JSON, f'expected an object {{"labels": [...], "tags": [...]}}, '
                                             f"got {str(obj)[:80]!r}")
     labels, tags = obj["labels"], obj.get("tags", [])
-    if not isinstance(labels, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in labels):
+    if not isinstance(labels,
+                      list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in labels):
         raise SampleError(BadKind.BAD_JSON, f'"labels" must be a list of class indices, got {labels!r:.80}')
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise SampleError(BadKind.BAD_JSON, f'"tags" must be a list of strings, got {tags!r:.80}')

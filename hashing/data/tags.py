@@ -1,4 +1,5 @@
-"""Tag vocabulary: tags (strings) -> bag-of-words vectors for the text networks, and -> a sentence for MiniLM."""
+"""Tag vocabulary: tags (strings) -> bag-of-words vectors for the text networks, and -> a sentence for
+MiniLM."""
 
 from __future__ import annotations
 

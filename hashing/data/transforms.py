@@ -52,7 +52,8 @@ def decode_image(data: bytes, name_for_errors: str, max_pixels: int | None = Non
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
             with Image.open(io.BytesIO(data)) as img:
                 if img.width * img.height > limit:
-                    raise ImageTooLargeError(f"{name_for_errors}: {img.width} x {img.height} pixels, more than "
+                    raise ImageTooLargeError(f"{name_for_errors}: {img.width} x {img.height} pixels, more "
+                                             "than "
                                              f"the limit of {limit} ({MAX_IMAGE_PIXELS_ENV})")
                 img.load()
                 return _to_rgb8(img)
@@ -61,7 +62,8 @@ def decode_image(data: bytes, name_for_errors: str, max_pixels: int | None = Non
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, ImageDecodeError):
             raise
-        raise ImageDecodeError(f"{name_for_errors}: not a readable image ({len(data)} bytes): {exc}") from None
+        message = f"{name_for_errors}: not a readable image ({len(data)} bytes): {exc}"
+        raise ImageDecodeError(message) from None
 
 
 def _to_rgb8(img: Image.Image) -> np.ndarray:

@@ -64,7 +64,8 @@ def step_command(job: str, arguments: list[str]) -> tuple[list[str], str]:
     checkout, else ``hashing <job> ...`` (run as ``python -m hashing``)."""
     script = PIPELINES / f"{job}.py"
     if script.is_file():
-        return [sys.executable, str(script), *arguments], shlex.join(["python", f"pipelines/{job}.py", *arguments])
+        return [sys.executable, str(script),
+                *arguments], shlex.join(["python", f"pipelines/{job}.py", *arguments])
     return [sys.executable, "-m", "hashing", job, *arguments], shlex.join(["hashing", job, *arguments])
 
 
@@ -80,7 +81,8 @@ def print_where_results_are(config: Config, common: list[str]) -> None:
     from hashing.data.schema import load_manifest
 
     uri = setup_tracking(config)
-    champion = resolve_model(registered_model_name(config.method.name, load_manifest(config.dataset.uri).name),
+    champion = resolve_model(registered_model_name(config.method.name,
+                                                   load_manifest(config.dataset.uri).name),
                              alias=CHAMPION)
     print("\n=== where the results are")
     print(f"MLflow runs and models: mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)")

@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_cli(config: Config, args: argparse.Namespace) -> int:
-    """The job as ``hashing encode`` runs it (``hashing.jobs.runner``): results printed, exit code returned."""
+    """The job as ``hashing encode`` runs it (``hashing.jobs.runner``): results printed, exit code
+    returned."""
     result = run_encode(config, nightly=args.nightly, force=args.force or config.encode.force,
                         progress=args.progress)
     print(f"model:  models:/{result.model.name}/{result.model.version} ({result.mode})")
@@ -105,7 +106,8 @@ def run_cli(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def run_encode(config: Config, nightly: bool = False, force: bool = False, progress: bool = True) -> EncodeResult:
+def run_encode(config: Config, nightly: bool = False, force: bool = False,
+               progress: bool = True) -> EncodeResult:
     """Plan, run and record one encode job (see the module docstring); returns what it did.
 
     Raises:
@@ -119,9 +121,12 @@ def run_encode(config: Config, nightly: bool = False, force: bool = False, progr
     ref = config.encode.model_copy(update={"alias": CHAMPION, "version": None}) if nightly else config.encode
     model = tracking.resolve_section_model(ref, config.method.name, manifest.name)
     if model.name is None or model.version is None:
-        raise InputError(f"encode.model={config.encode.model!r} is not a registered model: code shards are kept "
-                         "per registered version; give a registered name, models:/name/N or models:/name@alias")
-    mode = nightly_mode(config.encode.codes_root, model) if nightly else ("forced" if force else "incremental")
+        raise InputError(f"encode.model={config.encode.model!r} is not a registered model: code shards are "
+                         "kept "
+                         "per registered version; give a registered name, models:/name/N or "
+                         "models:/name@alias")
+    mode = nightly_mode(config.encode.codes_root,
+                        model) if nightly else ("forced" if force else "incremental")
     pending, skipped = plan(config, manifest, model, force)
     codes_uri = version_uri(config.encode.codes_root, model.name, model.version)
     log.info("%s v%d: %d parts to write, %d finished (%s) -> %s", model.name, model.version, len(pending),
@@ -144,15 +149,18 @@ def run_encode(config: Config, nightly: bool = False, force: bool = False, progr
         if pending:
             run_job(config, manifest, model, pending, result, progress)
         mlflow.log_metrics({"parts_written": len(result.written), "parts_skipped": len(result.skipped),
-                            "rows": result.rows, "seconds": result.seconds, "images_per_s": result.images_per_s,
+                            "rows": result.rows, "seconds": result.seconds,
+                            "images_per_s": result.images_per_s,
                             "bad_samples": len(result.quarantine.records)})
-        mlflow.log_dict({"codes_uri": codes_uri, "written": sorted(result.written), "skipped": result.skipped},
+        mlflow.log_dict({"codes_uri": codes_uri, "written": sorted(result.written),
+                         "skipped": result.skipped},
                         "parts.json")
         mlflow.log_dict(result.quarantine.to_dict(), "quarantine.json")
         result.quarantine.check()
         mlflow.set_tag(TAG_COMPLETE, "true")
     client = MlflowClient()
-    for key, value in ((registry.CODES_URI, codes_uri), (registry.CODES_DATASET_FINGERPRINT, manifest.fingerprint),
+    for key, value in ((registry.CODES_URI, codes_uri),
+                       (registry.CODES_DATASET_FINGERPRINT, manifest.fingerprint),
                        (registry.CODES_RUN_ID, result.run_id)):
         client.set_model_version_tag(model.name, str(model.version), key, value)
     return result
@@ -191,7 +199,8 @@ def plan(config: Config, manifest: DatasetManifest, model: ResolvedModel,
             shards = manifest.split(split).shards
         except UnknownSplitError as exc:
             raise InputError(f"encode.splits: {exc}") from None
-        done = {} if force else finished_parts(split_uri(config.encode.codes_root, model.name, model.version, split),
+        done = {} if force else finished_parts(split_uri(config.encode.codes_root, model.name, model.version,
+                                                         split),
                                                {s.path: s.sha256 for s in shards}, model.uri)
         skipped += list(done)
         for s in shards:
@@ -212,7 +221,8 @@ def run_job(config: Config, manifest: DatasetManifest, model: ResolvedModel, pen
         fs, _ = storage.ray_filesystem(config.dataset.uri)
         paths = list(pending)
         start = time.perf_counter()
-        data = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True, override_num_blocks=len(paths),
+        data = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True,
+                                          override_num_blocks=len(paths),
                                           num_cpus=enc.cpus_per_actor)
         parts = data.map_batches(
             ShardEncoder,
@@ -227,7 +237,8 @@ def run_job(config: Config, manifest: DatasetManifest, model: ResolvedModel, pen
                 "batch_size": enc.batch_size, "device": "cuda" if enc.use_gpu else "cpu",
             },
         )
-        for row in tqdm(parts.iter_rows(), total=len(paths), unit="part", desc="encode", disable=not progress):
+        for row in tqdm(parts.iter_rows(), total=len(paths), unit="part", desc="encode",
+                        disable=not progress):
             for bad in bad_samples_from_json(row["bad"]):
                 result.quarantine.add(bad)  # strict mode: raises here, before the part is written
             result.quarantine.add_good(int(row["rows"]))

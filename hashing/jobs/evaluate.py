@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_cli(config: Config, args: argparse.Namespace) -> int:
-    """The job as ``hashing evaluate`` runs it (``hashing.jobs.runner``): results printed, exit code returned."""
+    """The job as ``hashing evaluate`` runs it (``hashing.jobs.runner``): results printed, exit code
+    returned."""
     result = run_evaluate(config)
     print(f"model:   models:/{result.model.name}/{result.model.version}")
     print(f"codes:   {result.codes_uri}")
@@ -115,7 +116,8 @@ def run_evaluate(config: Config) -> EvaluateResult:
     return EvaluateResult(model, codes_uri, manifest, len(query), len(database), evaluation, run.info.run_id)
 
 
-def load_checked_split(codes_uri: str, split: str, manifest: DatasetManifest, model: ResolvedModel) -> SplitCodes:
+def load_checked_split(codes_uri: str, split: str, manifest: DatasetManifest,
+                       model: ResolvedModel) -> SplitCodes:
     """The codes of ``split`` under ``codes_uri``: one finished part per shard of the dataset's split (same
     source checksum, so the codes are of the dataset with ``manifest.fingerprint``), written by ``model``."""
     shards = {s.path: s.sha256 for s in manifest.split(split).shards}
@@ -123,7 +125,8 @@ def load_checked_split(codes_uri: str, split: str, manifest: DatasetManifest, mo
         codes = load_split(storage.join(codes_uri, split), expected=shards)
     except CodeShardError as exc:
         raise CodeShardError(f"no usable {split} codes of models:/{model.name}/{model.version} for dataset "
-                             f"{manifest.name!r} (fingerprint {manifest.fingerprint[:12]}...): {exc}") from None
+                             f"{manifest.name!r} (fingerprint {manifest.fingerprint[:12]}...): "
+                             f"{exc}") from None
     if codes.model_uri != model.uri:
         raise CodeShardError(f"{codes_uri}/{split} was written by {codes.model_uri}, not {model.uri}; "
                              f"re-encode with `pipelines/encode.py encode.version={model.version} --force`")

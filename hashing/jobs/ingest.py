@@ -95,7 +95,8 @@ class IngestArgs:
 
 
 def parse_args(argv: list[str] | None = None) -> IngestArgs:
-    """Command line (``--config``, ``key=value``, the flags of ``hashing.cli.ingest_parser``) -> ``IngestArgs``."""
+    """Command line (``--config``, ``key=value``, the flags of ``hashing.cli.ingest_parser``) ->
+    ``IngestArgs``."""
     from hashing.cli import JOBS
     from hashing.jobs.runner import parse_job_args
 
@@ -109,11 +110,13 @@ def ingest_args(config: Config, progress: bool = True) -> IngestArgs:
     if ing.source == "builtin" and config.dataset.builtin is None:
         raise InputError("ingest.source=builtin needs dataset.builtin (a preset name), or set ingest.labels")
     return IngestArgs(
-        output=config.dataset.uri, source=ing.source, preset=config.dataset.builtin or "", seed=config.dataset.seed,
+        output=config.dataset.uri, source=ing.source, preset=config.dataset.builtin or "",
+        seed=config.dataset.seed,
         labels=ing.labels, classes=ing.classes, split=ing.split, name=config.dataset.name,
         shard_size=config.dataset.shard_size, max_shard_bytes=ing.max_shard_bytes, strict=config.data.strict,
         max_bad_fraction=config.data.max_bad_fraction, overwrite=ing.overwrite, progress=progress,
-        s3_endpoint=config.storage.s3_endpoint, unlabelled=ing.unlabelled, max_image_pixels=ing.max_image_pixels)
+        s3_endpoint=config.storage.s3_endpoint, unlabelled=ing.unlabelled,
+        max_image_pixels=ing.max_image_pixels)
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -172,8 +175,9 @@ def _rows(labels_file: Path, labelled: bool) -> Iterator[tuple[str, dict | BadSa
                 count += 1
                 yield item
         except UnicodeDecodeError as exc:
-            raise InputError(f"{labels_file}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at "
-                             f"offset {exc.start} after {count} records); save the labels file as UTF-8") from None
+            raise InputError(f"{labels_file}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} "
+                             f"at offset {exc.start} after {count} records); save the labels file as "
+                             "UTF-8") from None
     if count == 0:
         raise InputError(f"no records in {labels_file}")
 
@@ -189,7 +193,8 @@ def _csv_rows(f: io.TextIOBase, labels_file: Path, labelled: bool) -> Iterator[t
     if missing or unknown:
         hint = "" if not labelled or "labels" not in missing else \
             " (pass --unlabelled to ingest images without labels)"
-        raise InputError(f"{labels_file}: the CSV header must have the columns key,image,labels,tags[,split]; "
+        raise InputError(f"{labels_file}: the CSV header must have the columns "
+                         "key,image,labels,tags[,split]; "
                          f"got {header}: missing {missing}, unknown {unknown}{hint}")
     reader.fieldnames = header
     for row in reader:
@@ -241,7 +246,8 @@ def _label_indices(labels: list, classes: list[str]) -> list[int] | BadLabel:
     out = []
     for x in labels:
         if isinstance(x, bool) or not isinstance(x, (int, str)):
-            return BadLabel(BadKind.BAD_LABEL, f"label {x!r} is not a class index (int) or a class name (str)")
+            return BadLabel(BadKind.BAD_LABEL,
+                            f"label {x!r} is not a class index (int) or a class name (str)")
         text = str(x).strip()
         if re.fullmatch(r"-?\d+", text):
             out.append(int(text))
@@ -355,7 +361,8 @@ def ingest(output: str, records: Iterable[Record | BadSample], *, name: str, cla
         written = writer.written() if writer is not None else []
         listed = ", ".join(written[:5]) + (" ..." if len(written) > 5 else "")
         raise storage.StorageUnavailableError(
-            f"{exc}. Written to {output} before that: {len(written)} shards{f' ({listed})' if written else ''}; "
+            f"{exc}. Written to {output} before that: {len(written)} "
+            f"shards{f' ({listed})' if written else ''}; "
             "no dataset.json was written (a dataset already there is unchanged): rerun the ingest with "
             "--overwrite once the store answers") from None
     if old is not None:
@@ -401,7 +408,8 @@ def summary_table(result: IngestResult) -> str:
     """A small text table: per split samples, shards, bytes; then skipped records and the fingerprint."""
     lines = [f"{'split':<10}{'samples':>10}{'shards':>8}{'bytes':>14}"]
     for split, info in result.manifest.splits.items():
-        lines.append(f"{split:<10}{info.samples:>10}{len(info.shards):>8}{sum(s.bytes for s in info.shards):>14}")
+        nbytes = sum(s.bytes for s in info.shards)
+        lines.append(f"{split:<10}{info.samples:>10}{len(info.shards):>8}{nbytes:>14}")
     samples = sum(i.samples for i in result.manifest.splits.values())
     shards = sum(len(i.shards) for i in result.manifest.splits.values())
     nbytes = sum(s.bytes for i in result.manifest.splits.values() for s in i.shards)

@@ -66,14 +66,16 @@ class Decision:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``hashing promote ...``: 0 for a decision (promoted or kept), 2 on bad input (no or unevaluated challenger)."""
+    """``hashing promote ...``: 0 for a decision (promoted or kept), 2 on bad input (no or unevaluated
+    challenger)."""
     from hashing.cli import main as cli_main
 
     return cli_main(["promote", *(sys.argv[1:] if argv is None else argv)])
 
 
 def run_cli(config: Config, args: argparse.Namespace) -> int:
-    """The job as ``hashing promote`` runs it (``hashing.jobs.runner``): results printed, exit code returned."""
+    """The job as ``hashing promote`` runs it (``hashing.jobs.runner``): results printed, exit code
+    returned."""
     decision = run_promote(config, dry_run=args.dry_run or config.promote.dry_run)
     champion = "none" if decision.champion_version is None else f"v{decision.champion_version}"
     champion_value = "-" if decision.champion_value is None else f"{decision.champion_value:.4f}"
@@ -159,12 +161,15 @@ def decide(name: str, challenger: ResolvedModel, challenger_eval: VersionEvaluat
         return decision
     if champion_eval is None:
         decision.reasons.append(f"champion v{champion.version} has no evaluation to compare with; run "
-                                f"`pipelines/evaluate.py evaluate.version={champion.version}` on the same dataset")
+                                f"`pipelines/evaluate.py evaluate.version={champion.version}` on the same "
+                                "dataset")
         return decision
     if champion_eval.dataset_fingerprint != fingerprint:
         decision.reasons.append(
-            f"evaluated on different datasets: challenger on {challenger_eval.dataset} ({fingerprint[:12]}...), "
-            f"champion on {champion_eval.dataset} ({champion_eval.dataset_fingerprint[:12]}...); evaluate both on "
+            f"evaluated on different datasets: challenger on {challenger_eval.dataset} "
+            f"({fingerprint[:12]}...), "
+            f"champion on {champion_eval.dataset} ({champion_eval.dataset_fingerprint[:12]}...); evaluate "
+            "both on "
             "the same dataset")
         return decision
     decision.champion_value = champion_eval.metrics.get(metric_name)
@@ -172,7 +177,8 @@ def decide(name: str, challenger: ResolvedModel, challenger_eval: VersionEvaluat
         decision.reasons.append(f"champion v{champion.version}'s evaluation has no {metric_name} (evaluated "
                                 f"with other settings, e.g. evaluate.topk); evaluate both with the same ones")
         return decision
-    comparison = (f"{metric_name} {value:.4f} vs champion v{champion.version}'s {decision.champion_value:.4f} "
+    comparison = (f"{metric_name} {value:.4f} vs champion v{champion.version}'s "
+                  f"{decision.champion_value:.4f} "
                   f"+ margin {margin}")
     if value > decision.champion_value + margin:
         decision.decision = PROMOTED
@@ -183,7 +189,8 @@ def decide(name: str, challenger: ResolvedModel, challenger_eval: VersionEvaluat
 
 
 def record(decision: Decision, config: Config, dataset: str) -> None:
-    """An MLflow run with ``promotion.json``, the decision tags on the challenger, the alias move if promoted."""
+    """An MLflow run with ``promotion.json``, the decision tags on the challenger, the alias move if
+    promoted."""
     tracking.set_experiment(config, dataset)
     version = str(decision.challenger_version)
     with mlflow.start_run(run_name=config.run.name or f"promote-{decision.model}-v{version}") as run:

@@ -76,21 +76,24 @@ class SearchResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``hashing search ...``: 0 with results printed, 2 on bad input (unknown key, unreadable image, no text network)."""
+    """``hashing search ...``: 0 with results printed, 2 on bad input (unknown key, unreadable image, no text
+    network)."""
     from hashing.cli import main as cli_main
 
     return cli_main(["search", *(sys.argv[1:] if argv is None else argv)])
 
 
 def run_cli(config: Config, args: argparse.Namespace) -> int:
-    """The job as ``hashing search`` runs it (``hashing.jobs.runner``): results printed, exit code returned."""
+    """The job as ``hashing search`` runs it (``hashing.jobs.runner``): results printed, exit code
+    returned."""
     result = run_search(config, key=args.key, image=args.image, text=args.text, split=args.split,
                         allow_partial=args.allow_partial)
     if args.format == "json":
         print(json.dumps(result_json(result)))
         return 0
     print(f"model: models:/{result.model.name}/{result.model.version}")
-    print(f"codes: {storage.join(result.codes_uri, result.split)} ({result.size} items, backend {result.backend})")
+    print(f"codes: {storage.join(result.codes_uri, result.split)} ({result.size} items, backend "
+          f"{result.backend})")
     print(f"query: {result.query}")
     width = max([len("key"), *(len(h.key) for h in result.hits)])
     print(f"{'rank':>4}  {'key':<{width}}  {'distance':>8}  labels")
@@ -133,11 +136,13 @@ def run_search(config: Config, key: str | None = None, image: str | None = None,
     codes_uri = registry.codes_location(model, config.encode.codes_root)
     codes = load_codes(codes_uri, split, model, manifest, allow_partial)
     if key is not None:
-        query, described = key_code(codes_uri, split, codes, model, key, manifest, allow_partial), f"key {key}"
+        query, described = key_code(codes_uri, split, codes, model, key, manifest,
+                                    allow_partial), f"key {key}"
     elif image is not None:
         query, described = image_code(model, image), f"image {image}"
     else:
-        query, described = text_code(model, codes.method, TagVocabulary(manifest.tags or []), text), f"text {text!r}"
+        query, described = text_code(model, codes.method, TagVocabulary(manifest.tags or []),
+                                     text), f"text {text!r}"
     if query.shape[1] != codes.codes.shape[1]:
         raise InputError(f"the query code has {query.shape[1] * 8} bits, the codes {codes.bits}")
     index = build_index(codes, codes_uri, split, config)
@@ -175,7 +180,8 @@ def _label_names(labels: np.ndarray | None, classes: list[str] | None) -> list[s
 
 
 def _manifest(config: Config, required: bool) -> DatasetManifest | None:
-    """``dataset.json`` at ``dataset.uri``; when not ``required``, None (with a warning) if it cannot be read."""
+    """``dataset.json`` at ``dataset.uri``; when not ``required``, None (with a warning) if it cannot be
+    read."""
     try:
         return load_manifest(config.dataset.uri)
     except (FileNotFoundError, ValueError) as exc:
@@ -187,8 +193,9 @@ def _manifest(config: Config, required: bool) -> DatasetManifest | None:
 
 def load_codes(codes_uri: str, split: str, model: ResolvedModel, manifest: DatasetManifest | None = None,
                allow_partial: bool = False) -> SplitCodes:
-    """The parts of ``split`` under ``codes_uri``, checked to be written by ``model`` and, with a ``manifest``,
-    to be one per shard of the dataset's split (``allow_partial``: the shards that have one, with a warning).
+    """The parts of ``split`` under ``codes_uri``, checked to be written by ``model`` and, with a
+    ``manifest``, to be one per shard of the dataset's split (``allow_partial``: the shards that have one,
+    with a warning).
 
     Raises ``CodeShardError`` naming the missing parts, or when there are none at all.
     """
@@ -200,12 +207,14 @@ def load_codes(codes_uri: str, split: str, model: ResolvedModel, manifest: Datas
             present = list_parts(root)
             missing = [s for s in expected if part_name(s) not in present]
             if missing:
-                log.warning("searching %d of %d code parts of %s: no part for %s", len(expected) - len(missing),
+                log.warning("searching %d of %d code parts of %s: no part for %s",
+                            len(expected) - len(missing),
                             len(expected), root, ", ".join(missing))
             expected = {s: sha for s, sha in expected.items() if s not in missing}
     codes = load_split(root, expected=expected)
     if codes.model_uri != model.uri:
-        raise CodeShardError(f"{storage.join(codes_uri, split)} was written by {codes.model_uri}, not {model.uri}; "
+        raise CodeShardError(f"{storage.join(codes_uri, split)} was written by {codes.model_uri}, not "
+                             f"{model.uri}; "
                              f"re-encode with `pipelines/encode.py encode.version={model.version} --force`")
     return codes
 
@@ -220,7 +229,8 @@ def key_code(codes_uri: str, split: str, codes: SplitCodes, model: ResolvedModel
     try:
         other_codes = load_codes(codes_uri, other, model, manifest, allow_partial)
     except CodeShardError as exc:
-        raise MissingError(f"key {key!r} is not in the {split} codes under {codes_uri}, and the {other} codes "
+        raise MissingError(f"key {key!r} is not in the {split} codes under {codes_uri}, and the {other} "
+                           "codes "
                           f"cannot be read ({exc})") from None
     row = other_codes.index_of().get(key)
     if row is None:
@@ -230,7 +240,8 @@ def key_code(codes_uri: str, split: str, codes: SplitCodes, model: ResolvedModel
 
 
 def image_code(model: ResolvedModel, path: str) -> np.ndarray:
-    """The code uint8[1, B] of the image file at ``path``, preprocessed and encoded as the model was trained."""
+    """The code uint8[1, B] of the image file at ``path``, preprocessed and encoded as the model was
+    trained."""
     from hashing.encoding import Encoder
 
     if not storage.is_s3(path) and Path(path).is_dir():

@@ -65,7 +65,8 @@ EVAL_BATCH_ROWS = 256  # images per forward pass in the final evaluation
 
 
 class TrainingFailed(RuntimeError):
-    """Ray Train gave up (a worker error with no restarts left); the message says where the checkpoints are."""
+    """Ray Train gave up (a worker error with no restarts left); the message says where the checkpoints
+    are."""
 
 
 def parse_train_cli(argv: list[str] | None) -> Config:
@@ -78,7 +79,8 @@ def parse_train_cli(argv: list[str] | None) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``hashing train ...``: 0 on success, 2 on bad input (one message, no traceback), 1 if training failed."""
+    """``hashing train ...``: 0 on success, 2 on bad input (one message, no traceback), 1 if training
+    failed."""
     from hashing.cli import main as cli_main
 
     return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
@@ -127,7 +129,8 @@ def run_cli(config: Config, args: argparse.Namespace) -> int:
 
 
 def fit_baseline(config: Config, manifest: DatasetManifest, tracking_uri: str) -> int:
-    """Fit LSH / ITQ on the backbone's train features, evaluate it and the float-feature ceiling, register it."""
+    """Fit LSH / ITQ on the backbone's train features, evaluate it and the float-feature ceiling, register
+    it."""
     import time
 
     preprocess = make_preprocess(config)
@@ -148,7 +151,8 @@ def fit_baseline(config: Config, manifest: DatasetManifest, tracking_uri: str) -
         with torch.no_grad():
             q_codes = pack_signs(method.codes_from_features(torch.from_numpy(q_feats)).numpy())
             db_codes = pack_signs(method.codes_from_features(torch.from_numpy(db_feats)).numpy())
-        result = evaluate_codes(q_codes, db_codes, q_labels, db_labels, config.evaluate, pr=config.evaluate.plots)
+        result = evaluate_codes(q_codes, db_codes, q_labels, db_labels, config.evaluate,
+                                pr=config.evaluate.plots)
         log_evaluation(result, f"{config.method.name}, {config.model.bits} bits")
         report = result.metrics
         ceiling = cosine_ranking_report(q_feats, db_feats, q_labels, db_labels, config.evaluate.topk,
@@ -191,7 +195,8 @@ def make_preprocess(config: Config) -> Preprocess:
 def read_training_split(config: Config, preprocess: Preprocess, quarantine: RemoteQuarantine):
     """The ``train`` split as a Ray dataset of the tensor columns (``image``, ``labels``, ``tags``);
     bad samples are skipped into ``quarantine`` (or fail the run with ``data.strict``)."""
-    data = read_split(config.dataset.uri, "train", preprocess, strict=config.data.strict, quarantine=quarantine,
+    data = read_split(config.dataset.uri, "train", preprocess, strict=config.data.strict,
+                      quarantine=quarantine,
                       num_cpus=0.5)
     return data.select_columns(list(TORCH_COLUMNS))
 
@@ -241,8 +246,10 @@ def log_training(result, quarantine: Quarantine) -> None:
         epoch = int(row["epoch"])
         mlflow.log_metrics({f"train/{k}": v for k, v in row.items() if k not in ("epoch", "step", "steps")},
                            step=epoch)
-    mlflow.log_metrics({"train/steps": summary["step"], "train/resumed_from_step": summary["resumed_from_step"]})
-    mlflow.set_tags({"checkpoint_path": result.path, "train_nodes": ",".join(sorted(set(summary["worker_nodes"])))})
+    mlflow.log_metrics({"train/steps": summary["step"],
+                        "train/resumed_from_step": summary["resumed_from_step"]})
+    mlflow.set_tags({"checkpoint_path": result.path,
+                     "train_nodes": ",".join(sorted(set(summary["worker_nodes"])))})
     mlflow.log_dict(quarantine.to_dict(), "quarantine.json")
     quarantine.check()
 
@@ -257,7 +264,8 @@ def load_trained_method(config: Config, manifest: DatasetManifest, checkpoint) -
 
 
 def split_batches(config: Config, split: str, preprocess: Preprocess) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches of ``EVAL_BATCH_ROWS`` samples of ``split``: ``image`` float32[b, 3, S, S], ``labels``, ``tags``."""
+    """Batches of ``EVAL_BATCH_ROWS`` samples of ``split``: ``image`` float32[b, 3, S, S], ``labels``,
+    ``tags``."""
     rows: list[dict] = []
     quarantine = Quarantine(strict=config.data.strict, max_bad_fraction=config.data.max_bad_fraction)
     for sample in iter_split(config.dataset.uri, split, preprocess, quarantine=quarantine):
@@ -270,7 +278,8 @@ def split_batches(config: Config, split: str, preprocess: Preprocess) -> Iterato
     quarantine.check()
 
 
-def encode_split(method: HashingMethod, config: Config, split: str, preprocess: Preprocess) -> tuple[np.ndarray, np.ndarray]:
+def encode_split(method: HashingMethod, config: Config, split: str,
+                 preprocess: Preprocess) -> tuple[np.ndarray, np.ndarray]:
     """Codes uint8[n, bits // 8] and multi-hot labels uint8[n, c] of every good sample of ``split``."""
     labels: list[np.ndarray] = []
 

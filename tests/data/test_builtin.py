@@ -56,7 +56,8 @@ def test_tags_are_in_the_vocabulary_and_noise_rates_are_as_documented():
         assert len(set(s.tags)) == len(s.tags)
         item_words = {w for c in s.labels for w in (CLASS_WORDS[c][0], *CLASS_WORDS[c][1])}
         spurious += any(t not in item_words for t in s.tags)
-        classes_tagged = {c for c in s.labels if any(t in (CLASS_WORDS[c][0], *CLASS_WORDS[c][1]) for t in s.tags)}
+        classes_tagged = {c for c in s.labels if any(t in (CLASS_WORDS[c][0],
+                                                           *CLASS_WORDS[c][1]) for t in s.tags)}
         missing += len(s.labels) - len(classes_tagged)
         total_items += len(s.labels)
     # a spurious tag is added with p = 0.1 (some land on a class already present, so a bit less is seen)

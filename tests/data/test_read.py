@@ -118,7 +118,8 @@ def test_ray_decode_hands_on_a_shard_in_blocks_of_about_decoded_block_bytes(
 ) -> None:
     from hashing.data import read
 
-    samples = [_good(photos, i) for i in range(7)] + [("bad", {"png": b"not a png", "json": sample_json([0], [])})]
+    samples = [_good(photos, i) for i in range(7)] + [("bad",
+                                                       {"png": b"not a png", "json": sample_json([0], [])})]
     manifest = _write(str(tmp_path), samples, shard_size=8)
     info = manifest.split("train").shards[0]
     path = str(tmp_path / info.path)
@@ -292,4 +293,5 @@ def test_read_split_from_s3_with_ray(ray_local, s3_bucket: str, photos, preproce
     _write(root, [_good(photos, i) for i in range(5)], shard_size=2)
     rows = read_split(root, "train", preprocess).take_all()
     assert sorted(r["key"] for r in rows) == [f"s{i:02d}" for i in range(5)]
-    assert json.loads(storage.read_bytes(storage.join(root, "dataset.json")))["splits"]["train"]["samples"] == 5
+    assert json.loads(storage.read_bytes(storage.join(root,
+                                                      "dataset.json")))["splits"]["train"]["samples"] == 5

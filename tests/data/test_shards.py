@@ -101,7 +101,8 @@ def test_shards_are_read_by_webdataset_itself(tmp_path: Path, photos) -> None:
         assert set(s) >= {"__key__", "png", "json"}
         assert s["png"] == r.image
         assert json.loads(s["json"]) == {"labels": r.labels, "tags": r.tags}
-        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(s["png"]))), photos[int(r.key[-3:]) % 3])
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(s["png"]))),
+                                      photos[int(r.key[-3:]) % 3])
 
 
 def test_dataset_writer_manifest_and_fingerprint(tmp_path: Path, photos) -> None:
@@ -172,7 +173,8 @@ def test_too_many_bad_records_fail_after_writing_the_report(tmp_path: Path, phot
     for r in _records(photos, 3):
         w.add(r)
     w.add(Record("train", "x", b"junk", [0], [], "f:9"))  # 1 of 4 = 25% > 20%
-    with pytest.raises(TooManyBadSamplesError, match=r"1 of 4 samples are bad \(25.0% > max_bad_fraction 20.0%\)"):
+    with pytest.raises(TooManyBadSamplesError,
+                       match=r"1 of 4 samples are bad \(25.0% > max_bad_fraction 20.0%\)"):
         w.close()
     assert json.loads((tmp_path / "quarantine.json").read_text())["counts"] == {"corrupt_image": 1}
     assert not (tmp_path / "dataset.json").exists()

@@ -66,7 +66,8 @@ class ModelRegistry:
         tracking.set_experiment(config, self.manifest.name)
         torch.manual_seed(seed)
         built = build_method(method, backbone=build_backbone("small_cnn"), bits=config.model.bits,
-                             num_classes=len(self.manifest.classes), tag_vocab_size=len(self.manifest.tags or []),
+                             num_classes=len(self.manifest.classes),
+                             tag_vocab_size=len(self.manifest.tags or []),
                              **config.method.params).eval()
         name = name or tracking.registered_model_name(method, self.manifest.name)
         with mlflow.start_run():
@@ -76,7 +77,8 @@ class ModelRegistry:
         return tracking.resolve_model(name, version=version)
 
     def encode(self, model: ResolvedModel, splits: tuple[str, ...] = ("query", "database")) -> str:
-        """Write the code shards of ``model`` for ``splits`` as ``pipelines/encode.py`` does; return their URI."""
+        """Write the code shards of ``model`` for ``splits`` as ``pipelines/encode.py`` does; return their
+        URI."""
         encoder = ShardEncoder(model.uri, None, {}, len(self.manifest.classes), self.manifest.fingerprint,
                                encoder=Encoder(self.methods[(model.name, model.version)], 32, batch_size=64))
         codes_root = str(self.root / "codes")

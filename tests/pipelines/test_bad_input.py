@@ -73,7 +73,8 @@ def _ingest(out: Path | str, labels: Path, *flags: str) -> int:
 
 
 def _report(out: Path) -> list[tuple[str, str, str]]:
-    return [(r["kind"], r["key"], r["shard"]) for r in json.loads((out / "quarantine.json").read_text())["records"]]
+    return [(r["kind"], r["key"],
+             r["shard"]) for r in json.loads((out / "quarantine.json").read_text())["records"]]
 
 
 def _shard(path: Path, members: list[tuple[str, bytes]]) -> ShardInfo:
@@ -92,7 +93,8 @@ def _shard(path: Path, members: list[tuple[str, bytes]]) -> ShardInfo:
 def _dataset(root: Path, members: list[tuple[str, bytes]]) -> None:
     """A dataset at ``root`` whose one train shard holds ``members``."""
     info = _shard(root / "train" / "shard-000000.tar", members)
-    manifest = DatasetManifest.build("t", CLASSES, None, {"train": SplitInfo(samples=info.samples, shards=[info])})
+    manifest = DatasetManifest.build("t", CLASSES, None,
+                                     {"train": SplitInfo(samples=info.samples, shards=[info])})
     (root / "dataset.json").write_text(manifest.model_dump_json())
 
 
@@ -141,7 +143,8 @@ def test_failed_overwrite_keeps_the_old_dataset_readable(folder: Path, tmp_path:
     keys = {split: [s["key"] for s in iter_split(str(out), split)] for split in before.splits}
     report = (out / "quarantine.json").read_bytes()
     rows = ["key,image,labels,split"] + [f"c{i},img/cat.png,0,{split}" for i, split in
-                                         enumerate(["train", "query", "database"])] + ["gone,img/gone.png,0,train"]
+                                         enumerate(["train", "query",
+                                                    "database"])] + ["gone,img/gone.png,0,train"]
     (folder / "labels.csv").write_text("\n".join(rows) + "\n")
 
     with caplog.at_level(logging.ERROR):
@@ -166,7 +169,8 @@ def test_failed_overwrite_on_s3_keeps_the_old_dataset(folder: Path, s3_bucket: s
     root = f"{s3_bucket}/ds"
     assert ingest.main(["--output", root, "--preset", "tiny", "--shard-size", "200", "--no-progress"]) == 0
     before = load_manifest(root)
-    (folder / "labels.csv").write_text("key,image,labels,split\na,img/cat.png,0,train\nb,img/gone.png,0,query\n")
+    (folder / "labels.csv").write_text("key,image,labels,split\na,img/cat.png,0,train\n"
+                                       "b,img/gone.png,0,query\n")
     assert _ingest(root, folder / "labels.csv", "--overwrite") == 2
     assert load_manifest(root) == before and len(list(iter_split(root, "query"))) == 64
     assert _ingest(root, folder / "labels.csv", "--overwrite", "--max-bad-fraction", "0.5") == 0
@@ -207,7 +211,8 @@ def test_csv_without_a_labels_column_is_an_error_naming_the_file(folder: Path, t
 
 
 def test_jsonl_line_without_labels_is_quarantined_unless_unlabelled(folder: Path, tmp_path: Path) -> None:
-    lines = [{"key": "a", "image": "img/cat.png", "labels": [0]}, {"key": "b", "image": "img/coffee.png", "label": [1]}]
+    lines = [{"key": "a", "image": "img/cat.png", "labels": [0]},
+             {"key": "b", "image": "img/coffee.png", "label": [1]}]
     (folder / "labels.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     out = tmp_path / "ds"
     assert _ingest(out, folder / "labels.jsonl", "--max-bad-fraction", "0.5") == 0
@@ -286,7 +291,8 @@ def test_s3_endpoint_dying_during_ingest_is_one_message_and_no_dataset_json(
     monkeypatch.setattr(storage, "write_bytes", write)
     started = time.monotonic()
     with caplog.at_level(logging.ERROR):
-        rc = ingest.main(["--output", "s3://dies/ds", "--preset", "tiny", "--shard-size", "8", "--no-progress"])
+        rc = ingest.main(["--output", "s3://dies/ds", "--preset", "tiny", "--shard-size", "8",
+                          "--no-progress"])
     assert rc == 2 and time.monotonic() - started < 60
     (message,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert f"S3 endpoint {dying_s3['endpoint']} did not answer after 2 attempts" in message
@@ -306,7 +312,8 @@ def test_tar_members_with_path_keys_are_quarantined_as_bad_key(tmp_path: Path) -
     assert [(r.kind, r.key) for r in quarantine.records] == [("bad_key", "../../x"), ("bad_key", "/tmp/abs")]
 
 
-@pytest.mark.parametrize("path", ["../outside/evil.tar", "/tmp/evil.tar", "train/../../evil.tar", "train/.tar"])
+@pytest.mark.parametrize("path",
+                         ["../outside/evil.tar", "/tmp/evil.tar", "train/../../evil.tar", "train/.tar"])
 def test_shard_path_outside_the_root_is_rejected(tmp_path: Path, path: str) -> None:
     (tmp_path / "outside").mkdir()
     info = _shard(tmp_path / "outside" / "evil.tar", [("a.png", _png(np.zeros((2, 2, 3), np.uint8))),
@@ -315,7 +322,8 @@ def test_shard_path_outside_the_root_is_rejected(tmp_path: Path, path: str) -> N
     splits = {"train": {"samples": 1, "shards": [shard]}}
     content = {"schema_version": SCHEMA_VERSION, "classes": CLASSES, "tags": None,
                "splits": {"train": [[path, 1, info.bytes, info.sha256]]}}
-    fingerprint = hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    fingerprint = hashlib.sha256(json.dumps(content, sort_keys=True,
+                                            separators=(",", ":")).encode()).hexdigest()
     root = tmp_path / "ds"
     root.mkdir()
     (root / "dataset.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, "name": "t",
@@ -357,7 +365,8 @@ def test_non_utf8_labels_file_is_one_message_naming_the_file(folder: Path, tmp_p
     with caplog.at_level(logging.ERROR):
         assert _ingest(out, folder / "labels.csv") == 2
     (message,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert message.startswith(f"{folder / 'labels.csv'}: not UTF-8 text") and "save the labels file as UTF-8" in message
+    assert message.startswith(f"{folder / 'labels.csv'}: not UTF-8 text")
+    assert "save the labels file as UTF-8" in message
     assert not (out / "dataset.json").exists()
 
 
@@ -374,7 +383,8 @@ def _errors(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-def test_search_image_decompression_bomb_is_one_message(model_registry, searchable, tmp_path: Path, caplog) -> None:
+def test_search_image_decompression_bomb_is_one_message(model_registry, searchable, tmp_path: Path,
+                                                        caplog) -> None:
     from pipelines.search import main
 
     (tmp_path / "bomb.png").write_bytes(bomb_png())
@@ -413,14 +423,16 @@ def test_search_refuses_a_missing_code_part_unless_allow_partial(model_registry,
         caplog.clear()
         capsys.readouterr()
         assert main([*args, "--allow-partial"]) == 0
-    assert f"searching {len(shards) - 1} of {len(shards)} code parts" in caplog.text and shards[1].path in caplog.text
+    assert f"searching {len(shards) - 1} of {len(shards)} code parts" in caplog.text
+    assert shards[1].path in caplog.text
     assert f"({full - shards[1].samples} items" in capsys.readouterr().out
 
 
 # 4: a tracking server that is not there ---------------------------------------------------------------
 
 @pytest.mark.timeout(120)
-def test_train_with_no_tracking_server_fails_in_seconds_before_ray(tiny_dataset: str, tmp_path: Path, services,
+def test_train_with_no_tracking_server_fails_in_seconds_before_ray(tiny_dataset: str, tmp_path: Path,
+                                                                   services,
                                                                    caplog) -> None:
     import ray
 

@@ -73,7 +73,8 @@ def _encode(root: Path, dataset: str, *args: str) -> int:
 
 
 def _client(root: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db", registry_uri=f"sqlite:///{root}/mlflow.db")
+    return MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db",
+                        registry_uri=f"sqlite:///{root}/mlflow.db")
 
 
 def _encode_runs(root: Path) -> list:
@@ -192,8 +193,8 @@ def _without_last_database_shard(dataset: str, folder: Path) -> tuple[str, Datas
     full = load_manifest(root)
     splits = dict(full.splits)
     database = splits["database"]
-    splits["database"] = database.model_copy(update={"shards": database.shards[:-1],
-                                                     "samples": database.samples - database.shards[-1].samples})
+    splits["database"] = database.model_copy(update={
+        "shards": database.shards[:-1], "samples": database.samples - database.shards[-1].samples})
     write_manifest(root, DatasetManifest.build(full.name, full.classes, full.tags, splits))
     return root, full
 
@@ -228,7 +229,8 @@ def test_nightly_encodes_all_for_a_new_champion_and_only_new_shards_otherwise(
 
 
 @pytest.mark.slow
-def test_encode_reads_and_writes_s3(ray_local: None, tiny_dataset: str, tmp_path: Path, s3_bucket: str) -> None:
+def test_encode_reads_and_writes_s3(ray_local: None, tiny_dataset: str, tmp_path: Path,
+                                    s3_bucket: str) -> None:
     dataset = f"{s3_bucket}/data/builtin-tiny"
     for path in sorted(Path(tiny_dataset).rglob("*")):
         if path.is_file():
@@ -242,7 +244,8 @@ def test_encode_reads_and_writes_s3(ray_local: None, tiny_dataset: str, tmp_path
     assert not (tmp_path / "codes").exists()
     (run,) = _encode_runs(tmp_path)
     assert run.data.tags["codes_uri"] == f"{codes_root}/{MODEL_NAME}/v1"
-    assert _client(tmp_path).get_model_version(MODEL_NAME, "1").tags["codes_uri"] == f"{codes_root}/{MODEL_NAME}/v1"
+    assert _client(tmp_path).get_model_version(MODEL_NAME,
+                                               "1").tags["codes_uri"] == f"{codes_root}/{MODEL_NAME}/v1"
 
 
 def _with_a_corrupt_image(dataset: str, folder: Path, broken_key: str) -> str:
@@ -276,7 +279,8 @@ def test_a_bad_sample_fails_strict_mode_and_is_quarantined_otherwise(
 
     assert _encode(tmp_path, corpus, *query_only, "data.strict=true") == 2
     assert f"corrupt_image in {storage.join(corpus, last_shard)} key={broken_key}" in caplog.text
-    assert not Path(split_uri(str(tmp_path / "codes"), MODEL_NAME, 1, "query"), part_name(last_shard)).exists()
+    assert not Path(split_uri(str(tmp_path / "codes"), MODEL_NAME, 1, "query"),
+                    part_name(last_shard)).exists()
 
     assert _encode(tmp_path, corpus, *query_only, "data.max_bad_fraction=0.05") == 0
     codes = load_split(split_uri(str(tmp_path / "codes"), MODEL_NAME, 1, "query"), _shards(corpus)["query"])
@@ -361,4 +365,5 @@ def test_a_killed_encode_rerun_writes_only_the_missing_parts(
     killed, rerun = _encode_runs(tmp_path)
     assert killed.info.status == "RUNNING" and killed.data.tags["complete"] == "false"
     assert rerun.data.tags["complete"] == "true"
-    assert (rerun.data.metrics["parts_written"], rerun.data.metrics["parts_skipped"]) == (total - survived, survived)
+    metrics = rerun.data.metrics
+    assert (metrics["parts_written"], metrics["parts_skipped"]) == (total - survived, survived)

@@ -25,7 +25,8 @@ def _run_demo(root: Path, *overrides: str) -> str:
     env.pop("RAY_ADDRESS", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     done = subprocess.run(
-        [sys.executable, "pipelines/demo.py", "--config", "configs/test.yaml", f"run.root={root}", *overrides],
+        [sys.executable, "pipelines/demo.py", "--config", "configs/test.yaml", f"run.root={root}",
+         *overrides],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=FLOW_TIMEOUT_S, check=False,
     )
     output = done.stdout + done.stderr

@@ -45,7 +45,8 @@ def test_metrics_plots_and_version_tags_match_the_code_shards(model_registry, ev
     database = load_split(f"{codes_uri}/database")
     q_labels, db_labels = query.multi_hot(classes), database.multi_hot(classes)
     expected = {k.replace("@", "_at_"): v for k, v in retrieval_report(
-        query.codes, database.codes, q_labels, db_labels, topk=ev.topk, ndcg_k=ev.ndcg_k, radius=ev.radius).items()}
+        query.codes, database.codes, q_labels, db_labels, topk=ev.topk, ndcg_k=ev.ndcg_k,
+        radius=ev.radius).items()}
     curve = precision_at_n(query.codes, database.codes, q_labels, db_labels, ev.precision_at)
     expected.update({f"p_at_{n}": p for n, p in zip(ev.precision_at, curve, strict=True)})
     assert set(expected) >= {"map_at_100", "ndcg_at_50", "p_at_r2", "p_at_10", "p_at_100"}

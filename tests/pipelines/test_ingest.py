@@ -124,7 +124,8 @@ def test_builtin_to_s3_matches_local(tiny_dataset: str, s3_bucket: str) -> None:
     local = load_manifest(tiny_dataset)
     assert result.manifest == local  # byte-identical shards, same fingerprint
     assert load_manifest(root) == local
-    assert [s["key"] for s in iter_split(root, "query")] == [s["key"] for s in iter_split(tiny_dataset, "query")]
+    assert [s["key"] for s in iter_split(root, "query")] == [
+        s["key"] for s in iter_split(tiny_dataset, "query")]
 
 
 def test_s3_endpoint_flag_without_endpoint_variables(tiny_dataset: str, s3_bucket: str, s3_endpoint: str,
@@ -138,7 +139,8 @@ def test_s3_endpoint_flag_without_endpoint_variables(tiny_dataset: str, s3_bucke
     args = ["--output", root, "--preset", "tiny", "--shard-size", "32", "--no-progress"]
     assert ingest.main([*args, "--s3-endpoint", s3_endpoint]) == 0
     assert load_manifest(root) == load_manifest(tiny_dataset)
-    assert [s["key"] for s in iter_split(root, "query")] == [s["key"] for s in iter_split(tiny_dataset, "query")]
+    assert [s["key"] for s in iter_split(root, "query")] == [
+        s["key"] for s in iter_split(tiny_dataset, "query")]
     with pytest.raises(SystemExit):
         ingest.parse_args([*args, "--s3-endpoint", "minio:9000"])
     assert "--s3-endpoint: expected the http:// or https:// URL" in capsys.readouterr().err
@@ -197,14 +199,16 @@ def test_folder_bad_records_are_quarantined(folder: Path, tmp_path: Path, caplog
         assert ingest.main(args) == 0
     report = json.loads(Path(out, "quarantine.json").read_text())
     got = [(r["kind"], r["key"], r["shard"]) for r in report["records"]]
-    assert got == [(kind, key, f"labels.csv:{len(GOOD_CSV) + 1 + i}") for i, (_, kind, key) in enumerate(BAD_CSV)]
+    assert got == [(kind, key, f"labels.csv:{len(GOOD_CSV) + 1 + i}") for i,
+                   (_, kind, key) in enumerate(BAD_CSV)]
     assert report["good"] == 4 and report["bad"] == len(BAD_CSV)
     assert load_manifest(out).split("train").samples == 2
     assert "quarantined corrupt_image in labels.csv:6 key=broken" in caplog.text
 
 
 @pytest.mark.parametrize(("row", "kind", "key"), BAD_CSV, ids=[k for _, _, k in BAD_CSV])
-def test_folder_strict_mode_fails_with_line_and_key(folder: Path, tmp_path: Path, caplog, row, kind, key) -> None:
+def test_folder_strict_mode_fails_with_line_and_key(folder: Path, tmp_path: Path, caplog, row, kind,
+                                                    key) -> None:
     out = str(tmp_path / "ds")
     labels = _csv(folder, GOOD_CSV + [row])
     args = ["--output", out, "--source", "folder", "--labels", labels, "--strict", "--no-progress"]

@@ -99,7 +99,8 @@ def test_challenger_better_by_more_than_the_margin_is_promoted(model_registry) -
     assert _champion_version("better") == challenger.version
     record = _recorded(model_registry, challenger)
     assert record["decision"] == "promoted"
-    assert (record["champion_version"], record["champion_value"], record["margin"]) == (champion.version, 0.5, 0.05)
+    assert (record["champion_version"], record["champion_value"], record["margin"]) == (champion.version, 0.5,
+                                                                                        0.05)
     assert record["dataset_fingerprint"] == FINGERPRINT
 
 
@@ -172,7 +173,8 @@ def test_forged_evaluation_tags_do_not_move_the_champion(model_registry, caplog)
     real = _evaluated(challenger, 0.3)  # a real, worse evaluation, then its tags edited upwards
     _tag(challenger, {registry.EVAL_MAP: "0.99", f"{registry.EVAL_METRIC_PREFIX}map_at_100": "0.99"})
     decision = promote.run_promote(model_registry.config("promote.model=hashing-idhn-forged"))
-    assert decision.decision == promote.KEPT and decision.challenger_value == real.metrics["map_at_100"] == 0.3
+    assert decision.decision == promote.KEPT
+    assert decision.challenger_value == real.metrics["map_at_100"] == 0.3
     assert _champion_version("hashing-idhn-forged") == champion.version
 
     _tag(champion, forged.to_tags())  # a champion whose evaluation does not hold up is not compared
@@ -200,7 +202,8 @@ def mlflow_server(tmp_path: Path, services) -> Iterator[str]:
     """A real ``mlflow server`` (sqlite backend, proxied artifacts, one worker) on 127.0.0.1; its URL."""
     port = services.free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port",
+               str(port),
                "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
                "--artifacts-destination", str(tmp_path / "artifacts")]
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true",

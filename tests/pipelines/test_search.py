@@ -24,7 +24,8 @@ def idhn(model_registry) -> dict:
     """An IDHN version (alias champion) with code shards, and its database codes read back."""
     model = model_registry.register("idhn", seed=7, alias="champion")
     codes_uri = model_registry.encode(model)
-    return {"model": model, "database": load_split(f"{codes_uri}/database"), "query": load_split(f"{codes_uri}/query")}
+    return {"model": model, "database": load_split(f"{codes_uri}/database"),
+            "query": load_split(f"{codes_uri}/query")}
 
 
 def brute_force(query: np.ndarray, codes: np.ndarray, k: int) -> tuple[list[int], list[int]]:
@@ -127,7 +128,8 @@ def test_text_on_a_dsmhn_model_ranks_images_by_the_text_code(model_registry) -> 
     assert [h.distance for h in result.hits] == distances
 
 
-def test_text_on_an_image_only_model_and_unknown_inputs_are_clear_errors(model_registry, idhn, caplog) -> None:
+def test_text_on_an_image_only_model_and_unknown_inputs_are_clear_errors(model_registry, idhn,
+                                                                         caplog) -> None:
     with caplog.at_level(logging.ERROR):
         assert main(model_registry.args("--text", "dress")) == 2
         assert "(idhn) has no text network" in caplog.text

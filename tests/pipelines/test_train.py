@@ -38,7 +38,8 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _train_args(root: Path, dataset: str, *overrides: str) -> list[str]:
-    return ["pipelines/train.py", "--config", "configs/test.yaml", f"run.root={root}", f"dataset.uri={dataset}",
+    return ["pipelines/train.py", "--config", "configs/test.yaml", f"run.root={root}",
+            f"dataset.uri={dataset}",
             *overrides]
 
 
@@ -70,7 +71,8 @@ def _cmdline(pid: int) -> str:
 def _client(root: Path):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db", registry_uri=f"sqlite:///{root}/mlflow.db")
+    return MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db",
+                        registry_uri=f"sqlite:///{root}/mlflow.db")
 
 
 def _only_run(root: Path):
@@ -131,10 +133,13 @@ def ray_head(services) -> Iterator[str]:
     would stop every Ray on the machine)."""
     port, dashboard = services.free_port(), services.free_port()
     agent_ports = [f"--{flag}={services.free_port()}" for flag in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port")]
-    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")  # short: Ray's socket paths have a length limit
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+        "runtime-env-agent-port")]
+    temp_dir = tempfile.mkdtemp(prefix="rayhead-",
+                                dir="/tmp")  # short: Ray's socket paths have a length limit
     url = f"http://127.0.0.1:{dashboard}"
-    command = [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dashboard}",
+    command = [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={port}",
+               f"--dashboard-port={dashboard}",
                "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", "--num-cpus=4",
                "--include-dashboard=true", f"--temp-dir={temp_dir}", *agent_ports]
     env = _env(RAY_AUTH_MODE="disabled", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
@@ -159,7 +164,8 @@ def test_ray_job_submit_trains_evaluates_and_registers_a_loadable_model(
     done = subprocess.run(
         [str(VENV_BIN / "ray"), "job", "submit", "--address", ray_head, "--working-dir", ".", "--",
          "python", *_train_args(root, tiny_dataset)],
-        cwd=REPO, env=_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=JOB_TIMEOUT_S, check=False,
+        cwd=REPO, env=_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=JOB_TIMEOUT_S,
+        check=False,
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0 and "succeeded" in output, output[-5000:]
@@ -207,13 +213,15 @@ def _latest_checkpoint(storage: Path) -> str | None:
 
 
 @pytest.mark.slow
-def test_a_killed_worker_restarts_from_the_last_checkpoint(tiny_dataset: str, tmp_path: Path, services) -> None:
+def test_a_killed_worker_restarts_from_the_last_checkpoint(tiny_dataset: str, tmp_path: Path,
+                                                           services) -> None:
     root = tmp_path / "run"
     epochs = 4
     proc = subprocess.Popen(
         [sys.executable, *_train_args(root, tiny_dataset, f"train.epochs={epochs}", "train.max_failures=2",
                                       "ray.num_cpus=4")],
-        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 240
@@ -240,14 +248,16 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(tiny_dataset: str, tm
 
 
 @pytest.mark.slow
-def test_two_workers_train_on_two_nodes(tiny_dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_workers_train_on_two_nodes(tiny_dataset: str, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from ray.cluster_utils import Cluster
 
     root = tmp_path / "run"
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     # 3 logical CPUs per node and 2 per worker: the workers cannot share a node, and each node keeps
     # 1 CPU for Ray Data's read and decode tasks.
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 3, "include_dashboard": False})
+    cluster = Cluster(initialize_head=True, connect=False,
+                      head_node_args={"num_cpus": 3, "include_dashboard": False})
     try:
         worker_node = cluster.add_node(num_cpus=3)
         cluster.wait_for_nodes()
@@ -302,5 +312,6 @@ def test_baseline_is_fitted_registered_and_encodes_like_a_model(
     import torch
 
     with torch.no_grad():
-        expected = pack_signs(loaded.codes_from_features(loaded.backbone(torch.from_numpy(images)).global_).numpy())
+        features = loaded.backbone(torch.from_numpy(images)).global_
+        expected = pack_signs(loaded.codes_from_features(features).numpy())
     np.testing.assert_array_equal(Encoder(loaded, 32).encode_images(images), expected)

@@ -388,3 +388,27 @@ def test_duplicate_yaml_key_is_rejected_with_the_key_and_line(tmp_path):
     _write(tmp_path / "top.yaml", "train:\n  epochs: 2\ntrain:\n  epochs: 3\n")
     with pytest.raises(ConfigError, match="duplicate key 'train'"):
         load_config(tmp_path / "top.yaml")
+
+
+def test_the_loader_and_argparse_glue_are_still_importable_from_hashing_config() -> None:
+    from hashing import cli_args, config_loader
+
+    assert cfg.load_config is config_loader.load_config and cfg.apply_override is config_loader.apply_override
+    assert cfg.config_parser is cli_args.config_parser and cfg.parse_cli is cli_args.parse_cli
+    with pytest.raises(AttributeError):
+        cfg.no_such_name  # noqa: B018
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_ingest_section_defaults_and_folder_source_rules(tmp_path: Path) -> None:
+    config = load_config(None, ["dataset.builtin=tiny"])
+    assert config.ingest.source == "builtin" and config.ingest.split == "train"
+    labels = tmp_path / "labels.csv"
+    config = load_config(None, [f"ingest.labels={labels}", f"dataset.uri={tmp_path / 'ds'}"])
+    assert config.ingest.source == "folder" and config.ingest.labels == str(labels)
+    with pytest.raises(ConfigError, match="ingest.labels: required with ingest.source=folder"):
+        load_config(None, ["ingest.source=folder"])
+    with pytest.raises(ConfigError, match="dataset.uri: required with ingest.source=folder"):
+        load_config(None, [f"ingest.labels={labels}"])
+    with pytest.raises(ConfigError, match="ingest.max_image_pixels"):
+        load_config(None, ["ingest.max_image_pixels=0"])

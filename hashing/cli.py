@@ -193,6 +193,16 @@ jobs (`hashing JOB --help` for each):
 """
 
 
+def script(module_name: str, job: str) -> None:
+    """What ``pipelines/<job>.py`` does: run as a script (``__main__``, also under ``ray job submit``), the
+    ``hashing <job>`` command with its arguments; imported, it becomes the module ``hashing.jobs.<job>``."""
+    if module_name == "__main__":
+        sys.exit(main([job, *sys.argv[1:]]))
+    import importlib
+
+    sys.modules[module_name] = importlib.import_module(f"hashing.jobs.{job}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``hashing JOB ...``: the job's exit code; 2 for an unknown job, 0 for ``--help``."""
     argv = list(sys.argv[1:] if argv is None else argv)

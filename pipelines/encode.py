@@ -1,17 +1,5 @@
-"""``python pipelines/encode.py ...`` is ``hashing encode ...``; the job is ``hashing/jobs/encode.py`` (see
-``--help``).
+"""``python pipelines/encode.py ...`` is ``hashing encode ...``: the job is ``hashing/jobs/encode.py``."""
 
-As a script (also ``ray job submit -- python pipelines/encode.py ...``) it runs the ``hashing encode``
-command; imported (``import pipelines.encode``) it is the module ``hashing.jobs.encode`` itself.
-"""
+from hashing.cli import script
 
-import sys
-
-if __name__ == "__main__":
-    from hashing.cli import main
-
-    sys.exit(main(["encode", *sys.argv[1:]]))
-else:
-    from hashing.jobs import encode as _job
-
-    sys.modules[__name__] = _job
+script(__name__, "encode")

@@ -24,7 +24,13 @@ written). ``dataset.json`` is written last. ``--overwrite`` writes the new shard
 as it was. When S3 stops answering, the job stops with one message naming the endpoint and the shards
 written so far, without ``dataset.json``.
 
-    python pipelines/ingest.py --output runs/data/builtin-tiny --source builtin --preset tiny
+Like every job it reads ``--config`` and ``key=value`` overrides: the ``ingest`` section (source, labels,
+classes, split, max_shard_bytes, overwrite, unlabelled, max_image_pixels), ``dataset.uri`` (the output),
+``dataset.builtin`` / ``.seed`` / ``.name`` / ``.shard_size``, ``data.strict`` / ``.max_bad_fraction`` and
+``storage.s3_endpoint``; each flag above is a shorthand for one of them (``hashing.cli.ingest_parser``).
+
+    hashing ingest --config configs/demo.yaml                      (dataset.uri from the config)
+    hashing ingest dataset.builtin=tiny dataset.uri=runs/data/builtin-tiny
     python pipelines/ingest.py --output s3://bucket/ds --source folder --labels photos/labels.csv
 """
 

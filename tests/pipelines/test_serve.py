@@ -8,7 +8,12 @@ order), and bad requests get 4xx with a message.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -35,14 +40,21 @@ def _call(url: str, data: bytes | None = None, timeout: float = 60) -> tuple[int
 
 
 @pytest.fixture(scope="module")
-def service(model_registry, ray_local) -> Iterator[dict]:
+def champion(model_registry):
+    """An IDHN version with alias champion and its query + database code shards."""
+    model = model_registry.register("idhn", seed=7, alias="champion")
+    model_registry.encode(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def service(model_registry, champion, ray_local) -> Iterator[dict]:
     """The champion's Serve app on a free port of 127.0.0.1, 2 partitions, 0.25 CPU per replica."""
     from ray import serve
 
     from hashing.serving_app import plan_service, start_service
 
-    model = model_registry.register("idhn", seed=7, alias="champion")
-    model_registry.encode(model)
+    model = champion
     config = model_registry.config()
     plan = plan_service(config, partitions=2, max_upload_bytes=UPLOAD_LIMIT, num_cpus=0.25)
     try:
@@ -54,9 +66,12 @@ def service(model_registry, ray_local) -> Iterator[dict]:
 
 def _database(model_registry, service, split: str = "database"):
     """The split's codes as the service's version wrote them."""
+    return _codes(model_registry, service["model"], split)
+
+
+def _codes(model_registry, model, split: str = "database"):
     from hashing.code_shards import load_split
 
-    model = service["model"]
     return load_split(f"{model_registry.root}/codes/{model.name}/v{model.version}/{split}")
 
 
@@ -65,6 +80,33 @@ def _expected(model_registry, k: int, **query: str) -> list[dict]:
 
     result = run_search(model_registry.config(f"search.k={k}", "search.backend=mih"), **query)
     return [{"key": h.key, "distance": h.distance, "labels": h.labels} for h in result.hits]
+
+
+def test_hashing_serve_command_serves_until_interrupted(model_registry, champion, tmp_path: Path) -> None:
+    """``hashing serve`` in its own process (its own local Ray): prints the URL, answers, and on Ctrl-C
+    (SIGINT) shuts Serve and Ray down and exits 0. Runs before ``service`` starts the in-process Ray."""
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "hashing", "serve", *model_registry.args("ray.num_cpus=2"),
+               "--port", str(port), "--partitions", "2", "--duration", "120"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while f"at http://127.0.0.1:{port}" not in log_path.read_text(errors="replace"):
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        key = str(_codes(model_registry, champion, "query").keys[0])
+        status, body = _call(f"http://127.0.0.1:{port}/search?key={key}&k=7")
+        assert status == 200, body
+        assert body["results"] == _expected(model_registry, 7, key=key)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 def test_health_names_the_champion_and_two_partitions_of_the_database(model_registry, service) -> None:

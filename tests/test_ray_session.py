@@ -141,3 +141,26 @@ def test_workers_of_a_job_print_no_resource_request_traceback(tmp_path) -> None:
     assert "worker warnings still reach the driver" in out  # the worker's output is forwarded
     assert "resource request to its autoscaling coordinator timed out" in out
     assert "Failed to send resource request" not in out and "Traceback" not in out
+
+
+def test_quiet_ray_output_turns_ray_info_and_data_progress_pages_off_unless_debug(monkeypatch) -> None:
+    import logging
+
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    for attr in ("enable_progress_bars", "enable_operator_progress_bars", "print_on_execution_start"):
+        monkeypatch.setattr(context, attr, True)
+    ray_logger = logging.getLogger("ray")
+    monkeypatch.setattr(ray_logger, "level", logging.INFO)
+
+    monkeypatch.setenv(ray_session.LOG_LEVEL_ENV, "DEBUG")  # -v: Ray as it is
+    ray_session.quiet_ray_output()
+    assert context.enable_progress_bars and context.enable_operator_progress_bars
+    assert ray_logger.level == logging.INFO
+
+    monkeypatch.setenv(ray_session.LOG_LEVEL_ENV, "INFO")
+    ray_session.quiet_ray_output()
+    assert not (context.enable_progress_bars or context.enable_operator_progress_bars
+                or context.print_on_execution_start)
+    assert ray_logger.level == logging.WARNING

@@ -214,3 +214,20 @@ def test_frozen_mode_repools_the_cached_spatial_grid_for_a_grid_1_config():
     out = regridded(rows)
     torch.testing.assert_close(out.spatial, grid1.spatial, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.global_, grid2.global_)
+
+
+@pytest.mark.parametrize("mode", ["images", "frozen"])
+def test_whole_backbone_and_frozen_modes_run_end_to_end(mode, tmp_path, monkeypatch, capsys):
+    # The gpu preset's mode (the whole backbone trains on images) and the frozen mode, at smoke size on the CPU.
+    from dataclasses import replace
+
+    preset = replace(quality.PRESETS_BY_NAME["smoke"], mode=mode, epochs=1, trained=f"smoke {mode}")
+    monkeypatch.setitem(quality.PRESETS_BY_NAME, "smoke", preset)
+    out_json = tmp_path / "rows.json"
+    assert quality.main(["--preset", "smoke", "--bits", "16", "--methods", "udmsh,itq", "--seeds", "0",
+                         "--grid", "none", "--cache-dir", str(tmp_path), "--json", str(out_json)]) == 0
+    rows = json.loads(out_json.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["udmsh", "itq"]
+    assert all(0.0 <= r["map@1000"] <= 1.0 for r in rows)
+    assert len(list(tmp_path.glob(f"tiny-seed0-small_cnn-random-32px-{mode}.npz"))) == 1
+    assert f"trained: smoke {mode}" in capsys.readouterr().out

@@ -82,33 +82,6 @@ def _expected(model_registry, k: int, **query: str) -> list[dict]:
     return [{"key": h.key, "distance": h.distance, "labels": h.labels} for h in result.hits]
 
 
-def test_hashing_serve_command_serves_until_interrupted(model_registry, champion, tmp_path: Path) -> None:
-    """``hashing serve`` in its own process (its own local Ray): prints the URL, answers, and on Ctrl-C
-    (SIGINT) shuts Serve and Ray down and exits 0. Runs before ``service`` starts the in-process Ray."""
-    port = free_port()
-    log_path = tmp_path / "serve.log"
-    command = [sys.executable, "-m", "hashing", "serve", *model_registry.args("ray.num_cpus=2"),
-               "--port", str(port), "--partitions", "2", "--duration", "120"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while f"at http://127.0.0.1:{port}" not in log_path.read_text(errors="replace"):
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.5)
-        key = str(_codes(model_registry, champion, "query").keys[0])
-        status, body = _call(f"http://127.0.0.1:{port}/search?key={key}&k=7")
-        assert status == 200, body
-        assert body["results"] == _expected(model_registry, 7, key=key)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-
-
 def test_health_names_the_champion_and_two_partitions_of_the_database(model_registry, service) -> None:
     status, body = _call(f"{service['url']}/health")
     assert status == 200
@@ -168,3 +141,32 @@ def test_bad_requests_get_4xx_with_a_message(service) -> None:
     assert "no-such-key" in body["error"]
     _, body = _call(f"{url}/search?key=x&k=0")
     assert "k must be" in body["error"]
+
+
+def test_hashing_serve_command_serves_until_interrupted(model_registry, champion, tmp_path: Path) -> None:
+    """``hashing serve`` in its own process (its own local Ray, beside the tests' one): prints the URL,
+    answers, and on Ctrl-C (SIGINT) shuts Serve and its Ray down and exits 0."""
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "hashing", "serve", *model_registry.args("ray.num_cpus=2"),
+               "--port", str(port), "--partitions", "2", "--duration", "120"]
+    with open(log_path, "wb") as log:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never the tests' Ray
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while f"at http://127.0.0.1:{port}" not in log_path.read_text(errors="replace"):
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        key = str(_codes(model_registry, champion, "query").keys[0])
+        status, body = _call(f"http://127.0.0.1:{port}/search?key={key}&k=7")
+        assert status == 200, body
+        assert body["results"] == _expected(model_registry, 7, key=key)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)

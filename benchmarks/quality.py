@@ -1,4 +1,4 @@
-"""Quality benchmark: every hashing method and baseline on a built-in dataset, chosen on validation, one table.
+"""Quality benchmark: every hashing method and baseline on a built-in dataset, chosen on validation.
 
     .venv/bin/python benchmarks/quality.py [--preset cpu|gpu|frozen|smoke] [--dataset default|single|...]
         [--bits 32,64] [--methods idhn,schn,dsmhn,udmsh,dpsh,lsh,itq,float] [--seeds 0,1,2]
@@ -68,8 +68,16 @@ SHALLOW_METHODS = ("lsh", "itq", "float")
 ALL_METHODS = DEEP_METHODS + SHALLOW_METHODS
 SUPERVISED_SEEDS = ("idhn", "schn", "dsmhn")
 # What each row's training reads besides the images: shown in the table's "labels" column.
-USES = {"idhn": "yes", "schn": "yes", "dsmhn": "yes + tags", "udmsh": "no", "dpsh": "yes",
-        "lsh": "no", "itq": "no", "float": "no"}
+USES = {
+    "idhn": "yes",
+    "schn": "yes",
+    "dsmhn": "yes + tags",
+    "udmsh": "no",
+    "dpsh": "yes",
+    "lsh": "no",
+    "itq": "no",
+    "float": "no",
+}
 TOPK, NDCG_K, RADIUS = 1000, 100, 2
 MAP, NDCG, PR = f"map@{TOPK}", f"ndcg@{NDCG_K}", f"p@r{RADIUS}"
 FEATURE_BATCH = 64  # images per backbone forward pass while caching
@@ -109,20 +117,57 @@ class Preset:
 
 
 PRESETS_BY_NAME: dict[str, Preset] = {
-    "cpu": Preset("default", "efficientnet_lite0", True, 64, 10, 128, "trunk", 1000,
-                  "2 CPU cores: native 64 px, stem + blocks 0-10 frozen and cached, blocks 11-15 + head conv + "
-                  "method layers trained, 10 epochs",
-                  trained="EfficientNet-Lite0 blocks 11-15 (192/320-channel stages) + head conv + method layers; "
-                          "stem + blocks 0-10 frozen (outputs cached)"),
-    "gpu": Preset("default", "efficientnet_lite0", True, 224, 80, 128, "images", 1000,
-                  "one GPU: whole backbone trained at 224 px, 80 epochs (~2500 steps, the papers' scale)",
-                  device="cuda", trained="the whole EfficientNet-Lite0 + method layers"),
-    "frozen": Preset("default", "efficientnet_lite0", True, 112, 10, 128, "frozen", 1000,
-                     "the previous setup: backbone frozen at 112 px, pooled features cached, heads only",
-                     trained="method layers only (backbone frozen)"),
-    "smoke": Preset("tiny", "small_cnn", False, 32, 2, 64, "trunk", 64,
-                    "seconds: tiny dataset, random small CNN at 32 px (stage 3 + heads trained), 2 epochs",
-                    trained="small CNN stage 3 + method layers"),
+    "cpu": Preset(
+        "default",
+        "efficientnet_lite0",
+        True,
+        64,
+        10,
+        128,
+        "trunk",
+        1000,
+        "2 CPU cores: native 64 px, stem + blocks 0-10 frozen and cached, blocks 11-15 + head conv + "
+        "method layers trained, 10 epochs",
+        trained="EfficientNet-Lite0 blocks 11-15 (192/320-channel stages) + head conv + method layers; "
+        "stem + blocks 0-10 frozen (outputs cached)",
+    ),
+    "gpu": Preset(
+        "default",
+        "efficientnet_lite0",
+        True,
+        224,
+        80,
+        128,
+        "images",
+        1000,
+        "one GPU: whole backbone trained at 224 px, 80 epochs (~2500 steps, the papers' scale)",
+        device="cuda",
+        trained="the whole EfficientNet-Lite0 + method layers",
+    ),
+    "frozen": Preset(
+        "default",
+        "efficientnet_lite0",
+        True,
+        112,
+        10,
+        128,
+        "frozen",
+        1000,
+        "the previous setup: backbone frozen at 112 px, pooled features cached, heads only",
+        trained="method layers only (backbone frozen)",
+    ),
+    "smoke": Preset(
+        "tiny",
+        "small_cnn",
+        False,
+        32,
+        2,
+        64,
+        "trunk",
+        64,
+        "seconds: tiny dataset, random small CNN at 32 px (stage 3 + heads trained), 2 epochs",
+        trained="small CNN stage 3 + method layers",
+    ),
 }
 
 
@@ -165,7 +210,10 @@ class FeatureSet:
 def cache_path(cache_dir: Path, preset: Preset, seed: int) -> Path:
     """``{cache_dir}/{dataset}-seed{seed}-{backbone}[-random]-{size}px-{mode}.npz``."""
     weights = "" if preset.pretrained else "-random"
-    return cache_dir / f"{preset.dataset}-seed{seed}-{preset.backbone}{weights}-{preset.image_size}px-{preset.mode}.npz"
+    return (
+        cache_dir
+        / f"{preset.dataset}-seed{seed}-{preset.backbone}{weights}-{preset.image_size}px-{preset.mode}.npz"
+    )
 
 
 def _frozen_backbone(preset: Preset, seed: int, spatial_grid: int = 2):  # 2 = CACHED_GRID
@@ -204,9 +252,17 @@ def compute_inputs(preset: Preset, seed: int) -> dict[str, Split]:
                             inputs.append(np.stack(chunk))
                     features.append(out.global_.float().cpu().numpy())
                 chunk = []
-        splits[split] = Split(np.concatenate(inputs), labels, vocab.bag_of_words_batch(tags), np.concatenate(features))
-        log.info("inputs of %s (%d images, %d px, %s): %.0f s", split, size, preset.image_size, preset.mode,
-                 time.perf_counter() - started)
+        splits[split] = Split(
+            np.concatenate(inputs), labels, vocab.bag_of_words_batch(tags), np.concatenate(features)
+        )
+        log.info(
+            "inputs of %s (%d images, %d px, %s): %.0f s",
+            split,
+            size,
+            preset.image_size,
+            preset.mode,
+            time.perf_counter() - started,
+        )
     return splits
 
 
@@ -229,8 +285,9 @@ def load_or_compute_features(preset: Preset, seed: int, cache_dir: Path) -> Feat
     return carve_validation(splits, preset.val_size, backbone.feature_dim, backbone.spatial_dim, seed)
 
 
-def carve_validation(splits: dict[str, Split], val_size: int, global_dim: int, spatial_dim: int,
-                     backbone_seed: int = 0) -> FeatureSet:
+def carve_validation(
+    splits: dict[str, Split], val_size: int, global_dim: int, spatial_dim: int, backbone_seed: int = 0
+) -> FeatureSet:
     """``train`` -> ``train`` (the rest) + ``val`` (``val_size`` rows of a fixed permutation); query and
     database untouched. Validation never overlaps the query split."""
     full = splits["train"]
@@ -261,8 +318,9 @@ class InputBatches:
             x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
         return x.to(self.device)
 
-    def __call__(self, split: Split, batch_size: int, order: np.ndarray | None = None,
-                 drop_last: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    def __call__(
+        self, split: Split, batch_size: int, order: np.ndarray | None = None, drop_last: bool = False
+    ) -> Iterator[dict[str, torch.Tensor]]:
         order = np.arange(len(split.labels)) if order is None else order
         stop = len(order) - len(order) % batch_size if drop_last else len(order)
         for start in range(0, stop, batch_size):
@@ -274,10 +332,13 @@ class InputBatches:
             }
 
 
-def batches(split: Split, batch_size: int, order: np.ndarray | None = None,
-            drop_last: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+def batches(
+    split: Split, batch_size: int, order: np.ndarray | None = None, drop_last: bool = False
+) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of pooled-feature inputs (the ``frozen`` mode), on the CPU."""
-    return InputBatches(PRESETS_BY_NAME["frozen"], (0.5,) * 3, (0.5,) * 3)(split, batch_size, order, drop_last)
+    return InputBatches(PRESETS_BY_NAME["frozen"], (0.5,) * 3, (0.5,) * 3)(
+        split, batch_size, order, drop_last
+    )
 
 
 @dataclass
@@ -300,14 +361,18 @@ class RegriddedFeatures(CachedFeatures):
     def __init__(self, feature_dim: int, spatial_dim: int, grid: int) -> None:
         super().__init__(feature_dim, spatial_dim // (CACHED_GRID // grid) ** 2)
         if CACHED_GRID % grid:
-            raise ValueError(f"model.spatial_grid {grid} cannot be pooled from the cached {CACHED_GRID}x{CACHED_GRID} grid")
+            raise ValueError(
+                f"model.spatial_grid {grid} cannot be pooled from the cached {CACHED_GRID}x{CACHED_GRID} grid"
+            )
         self.grid = grid
         self.cached_width = feature_dim + spatial_dim
         self.channels = spatial_dim // CACHED_GRID**2
 
     def forward(self, images: torch.Tensor):
         if images.ndim != 2 or images.shape[1] != self.cached_width:
-            raise ValueError(f"expected cached rows float[b, {self.cached_width}], got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"expected cached rows float[b, {self.cached_width}], got shape {tuple(images.shape)}"
+            )
         cells = images[:, self.feature_dim :].reshape(-1, self.channels, CACHED_GRID, CACHED_GRID)
         spatial = torch.nn.functional.adaptive_avg_pool2d(cells, self.grid).flatten(1)
         return Features(images[:, : self.feature_dim], spatial)
@@ -330,29 +395,50 @@ CONFIG_OVERRIDES: dict[str, list[str]] = {}
 
 
 def parse_overrides(items: list[str]) -> dict[str, list[str]]:
-    """``["idhn:train.lr=0.01", ...]`` -> ``{"idhn": ["train.lr=0.01"]}``; raises ValueError naming a bad item."""
+    """``["idhn:train.lr=0.01", ...]`` -> ``{"idhn": ["train.lr=0.01"]}``.
+
+    Raises ValueError naming a bad item."""
     out: dict[str, list[str]] = {}
     for item in items:
         method, sep, override = item.partition(":")
         if not sep or method not in DEEP_METHODS or "=" not in override:
-            raise ValueError(f"--override {item!r}: expected METHOD:key=value with METHOD one of "
-                             f"{', '.join(DEEP_METHODS)}, e.g. idhn:method.params.theta_scale=null")
+            raise ValueError(
+                f"--override {item!r}: expected METHOD:key=value with METHOD one of "
+                f"{', '.join(DEEP_METHODS)}, e.g. idhn:method.params.theta_scale=null"
+            )
         out.setdefault(method, []).append(override)
     return out
 
 
-def train_deep_method(name: str, bits: int, features: FeatureSet, preset: Preset, epochs: int, seed: int,
-                      lr_factor: float = 1.0, params: dict | None = None,
-                      splits: tuple[str, ...] = ("query", "database")) -> Trained:
+def train_deep_method(
+    name: str,
+    bits: int,
+    features: FeatureSet,
+    preset: Preset,
+    epochs: int,
+    seed: int,
+    lr_factor: float = 1.0,
+    params: dict | None = None,
+    splits: tuple[str, ...] = ("query", "database"),
+) -> Trained:
     """Train method ``name`` (hyperparameters from ``configs/{name}.yaml`` with ``CONFIG_OVERRIDES``,
     ``params`` overriding its method params, lr x ``lr_factor``) on the ``train`` split with ``epochs``
-    epochs of shuffled batches of ``preset.batch_size`` rows (last partial batch dropped); encode ``splits``."""
-    config = load_config(REPO / "configs" / f"{name}.yaml", [f"model.bits={bits}", *CONFIG_OVERRIDES.get(name, [])])
+    epochs of shuffled batches of ``preset.batch_size`` rows (last partial batch dropped); encode
+    ``splits``."""
+    config = load_config(
+        REPO / "configs" / f"{name}.yaml", [f"model.bits={bits}", *CONFIG_OVERRIDES.get(name, [])]
+    )
     train = features.splits["train"]
     backbone = method_backbone(preset, features, config.model.spatial_grid)
     torch.manual_seed(seed)  # the method's own layers and the shuffling differ by seed, the backbone does not
-    method = build_method(name, backbone=backbone, bits=bits, num_classes=train.labels.shape[1],
-                          tag_vocab_size=train.tags.shape[1], **{**config.method.params, **(params or {})})
+    method = build_method(
+        name,
+        backbone=backbone,
+        bits=bits,
+        num_classes=train.labels.shape[1],
+        tag_vocab_size=train.tags.shape[1],
+        **{**config.method.params, **(params or {})},
+    )
     if hasattr(method, "set_tag_vocabulary"):
         method.set_tag_vocabulary(list(TAG_VOCABULARY))
     method.to(preset.device)
@@ -364,24 +450,45 @@ def train_deep_method(name: str, bits: int, features: FeatureSet, preset: Preset
         return make(train, preset.batch_size, order, drop_last=True)
 
     started = time.perf_counter()
-    history = fit(method, epoch_batches, epochs, config.train.lr * lr_factor, config.train.weight_decay,
-                  config.train.lr_step_every, config.train.lr_gamma, config.train.lr_decays, steps_per_epoch)
+    history = fit(
+        method,
+        epoch_batches,
+        epochs,
+        config.train.lr * lr_factor,
+        config.train.weight_decay,
+        config.train.lr_step_every,
+        config.train.lr_gamma,
+        config.train.lr_decays,
+        steps_per_epoch,
+    )
     seconds = time.perf_counter() - started
     losses = [row["loss"] if "loss" in row else row["main/loss"] for row in history]
-    log.info("%s %d bits seed %d lr x%g %s: %.1f s, loss by epoch %s", name, bits, seed, lr_factor, params or {},
-             seconds, [round(v, 4) for v in losses])
+    log.info(
+        "%s %d bits seed %d lr x%g %s: %.1f s, loss by epoch %s",
+        name,
+        bits,
+        seed,
+        lr_factor,
+        params or {},
+        seconds,
+        [round(v, 4) for v in losses],
+    )
     return Trained(encode_method(method, features, preset, splits), losses, seconds, method)
 
 
 def encode_method(method, features: FeatureSet, preset: Preset, splits: tuple[str, ...]) -> dict:
     """Relaxed codes of ``splits`` for every modality of ``method``."""
     make = InputBatches(preset, method.backbone.mean, method.backbone.std)
-    return {(modality, split): encode_batches(method, make(features.splits[split], ENCODE_BATCH), modality)
-            for modality in method.modalities for split in splits}
+    return {
+        (modality, split): encode_batches(method, make(features.splits[split], ENCODE_BATCH), modality)
+        for modality in method.modalities
+        for split in splits
+    }
 
 
-def fit_shallow_method(name: str, bits: int, features: FeatureSet, seed: int,
-                       splits: tuple[str, ...] = ("query", "database")) -> Trained:
+def fit_shallow_method(
+    name: str, bits: int, features: FeatureSet, seed: int, splits: tuple[str, ...] = ("query", "database")
+) -> Trained:
     """LSH or ITQ fitted on the train split's global features; codes in {-1, +1}."""
     model = LSH(bits, seed=seed) if name == "lsh" else ITQ(bits, seed=seed)
     started = time.perf_counter()
@@ -394,8 +501,9 @@ def fit_shallow_method(name: str, bits: int, features: FeatureSet, seed: int,
 # --- scoring ----------------------------------------------------------------------------------------
 
 
-def ranking_report(scores: np.ndarray, q_labels: np.ndarray, db_labels: np.ndarray,
-                   topk: int = TOPK, ndcg_k: int = NDCG_K) -> dict[str, float]:
+def ranking_report(
+    scores: np.ndarray, q_labels: np.ndarray, db_labels: np.ndarray, topk: int = TOPK, ndcg_k: int = NDCG_K
+) -> dict[str, float]:
     """mAP@topk and NDCG@ndcg_k of a ranking by ``scores`` float[m, n] (higher first, ties in database
     order), with the definitions of ``hashing.metrics`` (under the names ``MAP`` and ``NDCG``).
 
@@ -421,8 +529,13 @@ def ranking_report(scores: np.ndarray, q_labels: np.ndarray, db_labels: np.ndarr
 CROSS_MODAL = {"i2t": ("image", "text"), "t2i": ("text", "image"), "t2t": ("text", "text")}
 
 
-def score_codes(trained: Trained, features: FeatureSet, query: str = "query", database: str = "database",
-                continuous: bool = False) -> dict[str, float]:
+def score_codes(
+    trained: Trained,
+    features: FeatureSet,
+    query: str = "query",
+    database: str = "database",
+    continuous: bool = False,
+) -> dict[str, float]:
     """mAP@1000, NDCG@100, P@r<=2 of image query codes vs image database codes (I->I); for a method
     with a text network also the mAP@1000 of I->T, T->I and T->T (``CROSS_MODAL``). ``continuous``:
     also ``cont`` = mAP@1000 of the cosine ranking of the relaxed image codes (before the sign) and
@@ -430,24 +543,45 @@ def score_codes(trained: Trained, features: FeatureSet, query: str = "query", da
     q_labels = features.splits[query].labels.astype(np.uint8)
     db_labels = features.splits[database].labels.astype(np.uint8)
     packed = {key: pack_signs(u) for key, u in trained.codes.items()}
-    report = retrieval_report(packed["image", query], packed["image", database], q_labels, db_labels,
-                              topk=TOPK, ndcg_k=NDCG_K, radius=RADIUS)
+    report = retrieval_report(
+        packed["image", query],
+        packed["image", database],
+        q_labels,
+        db_labels,
+        topk=TOPK,
+        ndcg_k=NDCG_K,
+        radius=RADIUS,
+    )
     row = {MAP: report[MAP], NDCG: report[NDCG], PR: report[PR]}
     if ("text", query) in packed:
         for column, (q, db) in CROSS_MODAL.items():
-            row[column] = retrieval_report(packed[q, query], packed[db, database], q_labels, db_labels,
-                                           topk=TOPK, ndcg_k=NDCG_K, radius=RADIUS)[MAP]
+            row[column] = retrieval_report(
+                packed[q, query],
+                packed[db, database],
+                q_labels,
+                db_labels,
+                topk=TOPK,
+                ndcg_k=NDCG_K,
+                radius=RADIUS,
+            )[MAP]
     if continuous:
-        cont = cosine_ranking_report(trained.codes["image", query], trained.codes["image", database], q_labels,
-                                     db_labels, TOPK, NDCG_K)[MAP]
+        cont = cosine_ranking_report(
+            trained.codes["image", query], trained.codes["image", database], q_labels, db_labels, TOPK, NDCG_K
+        )[MAP]
         row["cont"], row["quant"] = cont, (row[MAP] / cont if cont > 0 else float("nan"))
     return row
 
 
 def score_float_features(features: FeatureSet) -> dict[str, float]:
     """The ceiling: cosine ranking of the frozen backbone's global features (no codes, so no radius)."""
-    return cosine_ranking_report(features.global_features("query"), features.global_features("database"),
-                                 features.splits["query"].labels, features.splits["database"].labels, TOPK, NDCG_K)
+    return cosine_ranking_report(
+        features.global_features("query"),
+        features.global_features("database"),
+        features.splits["query"].labels,
+        features.splits["database"].labels,
+        TOPK,
+        NDCG_K,
+    )
 
 
 # --- the protocol: grid on validation, then seeds ----------------------------------------------------
@@ -475,7 +609,8 @@ class Tracker:
         with self.mlflow.start_run(run_name=name, nested=True):
             self.mlflow.log_params(params)
             yield lambda metrics: self.mlflow.log_metrics(
-                {k.replace("@", "_at_"): float(v) for k, v in metrics.items() if isinstance(v, float)})
+                {k.replace("@", "_at_"): float(v) for k, v in metrics.items() if isinstance(v, float)}
+            )
 
     def close(self, metrics: dict | None = None) -> None:
         if self.enabled:
@@ -496,17 +631,35 @@ def point_label(lr_factor: float, params: dict) -> str:
     return ", ".join([f"lr x{lr_factor:g}", *(f"{k} {v:g}" for k, v in params.items())])
 
 
-def run_deep(name: str, bits: int, features: FeatureSet, preset: Preset, epochs: int, seeds: list[int],
-             grid: str, tracker: Tracker) -> dict:
+def run_deep(
+    name: str,
+    bits: int,
+    features: FeatureSet,
+    preset: Preset,
+    epochs: int,
+    seeds: list[int],
+    grid: str,
+    tracker: Tracker,
+) -> dict:
     """Grid on validation at ``seeds[0]``, then the chosen point at every seed; one row (mean ± std)."""
     points = grid_points(name, grid)
     val_scores, kept = [], None
     for lr_factor, params in points:
         label = point_label(lr_factor, params)
-        with tracker.child(f"{name}-{bits}-grid-{label}", {"method": name, "bits": bits, "seed": seeds[0],
-                                                           "lr_factor": lr_factor, **params, "stage": "grid"}) as log_m:
-            trained = train_deep_method(name, bits, features, preset, epochs, seeds[0], lr_factor, params,
-                                        splits=("val", "train"))
+        with tracker.child(
+            f"{name}-{bits}-grid-{label}",
+            {
+                "method": name,
+                "bits": bits,
+                "seed": seeds[0],
+                "lr_factor": lr_factor,
+                **params,
+                "stage": "grid",
+            },
+        ) as log_m:
+            trained = train_deep_method(
+                name, bits, features, preset, epochs, seeds[0], lr_factor, params, splits=("val", "train")
+            )
             val = score_codes(trained, features, "val", "train")[MAP]
             log_m({"val_map@1000": val, "train_seconds": trained.seconds})
         log.info("%s %d bits grid %s: val mAP@1000 %.4f", name, bits, label, val)
@@ -517,8 +670,10 @@ def run_deep(name: str, bits: int, features: FeatureSet, preset: Preset, epochs:
     lr_factor, params = points[best]
     per_seed, seconds = [], []
     for seed in seeds:
-        with tracker.child(f"{name}-{bits}-seed{seed}", {"method": name, "bits": bits, "seed": seed,
-                                                         "lr_factor": lr_factor, **params, "stage": "final"}) as log_m:
+        with tracker.child(
+            f"{name}-{bits}-seed{seed}",
+            {"method": name, "bits": bits, "seed": seed, "lr_factor": lr_factor, **params, "stage": "final"},
+        ) as log_m:
             if seed == seeds[0]:
                 trained = kept
                 trained.codes.update(encode_method(trained.method, features, preset, ("query", "database")))
@@ -529,15 +684,26 @@ def run_deep(name: str, bits: int, features: FeatureSet, preset: Preset, epochs:
         per_seed.append(scores)
         seconds.append(trained.seconds)
         trained.method = None
-    return summarise(name, bits, per_seed, seconds, chosen=point_label(lr_factor, params),
-                     val=val_scores[best], grid_size=len(points))
+    return summarise(
+        name,
+        bits,
+        per_seed,
+        seconds,
+        chosen=point_label(lr_factor, params),
+        val=val_scores[best],
+        grid_size=len(points),
+    )
 
 
 def run_shallow(name: str, bits: int, features: FeatureSet, seeds: list[int], tracker: Tracker) -> dict:
     per_seed, seconds = [], []
     for seed in seeds:
-        with tracker.child(f"{name}-{bits}-seed{seed}", {"method": name, "bits": bits, "seed": seed}) as log_m:
-            trained = fit_shallow_method(name, bits, features, seed, splits=("val", "train", "query", "database"))
+        with tracker.child(
+            f"{name}-{bits}-seed{seed}", {"method": name, "bits": bits, "seed": seed}
+        ) as log_m:
+            trained = fit_shallow_method(
+                name, bits, features, seed, splits=("val", "train", "query", "database")
+            )
             scores = score_codes(trained, features)
             val = score_codes(trained, features, "val", "train")[MAP]
             log_m({**scores, "val_map@1000": val})
@@ -546,12 +712,22 @@ def run_shallow(name: str, bits: int, features: FeatureSet, seeds: list[int], tr
     return summarise(name, bits, per_seed, seconds, chosen="-", val=val, grid_size=1)
 
 
-def summarise(name: str, bits, per_seed: list[dict], seconds: list[float], chosen: str, val: float,
-              grid_size: int) -> dict:
-    """One table row: the mean of every score over the seeds, ``{score}_std`` (0 for one seed), the seeds' values."""
-    row = {"method": name, "labels": USES[name], "bits": bits, "chosen": chosen, "val": val,
-           "grid": grid_size, "seeds": len(per_seed), "seconds": float(np.mean(seconds)) if seconds else None,
-           "per_seed": per_seed}
+def summarise(
+    name: str, bits, per_seed: list[dict], seconds: list[float], chosen: str, val: float, grid_size: int
+) -> dict:
+    """One table row: the mean of every score over the seeds, ``{score}_std`` (0 for one seed) and
+    the seeds' values."""
+    row = {
+        "method": name,
+        "labels": USES[name],
+        "bits": bits,
+        "chosen": chosen,
+        "val": val,
+        "grid": grid_size,
+        "seeds": len(per_seed),
+        "seconds": float(np.mean(seconds)) if seconds else None,
+        "per_seed": per_seed,
+    }
     for key in per_seed[0]:
         values = np.array([s[key] for s in per_seed], dtype=np.float64)
         row[key] = float(values.mean())
@@ -562,21 +738,35 @@ def summarise(name: str, bits, per_seed: list[dict], seconds: list[float], chose
 # --- the table and the targets ----------------------------------------------------------------------
 
 
-COLUMNS = [("method", "method"), ("labels", "labels used"), ("bits", "bits"), ("chosen", "chosen on val"),
-           ("val", "val mAP@1000"), (MAP, "mAP@1000"), (NDCG, "NDCG@100"), (PR, "P@r<=2"),
-           ("quant", "sign / cont. mAP"), ("i2t", "I->T mAP@1000"), ("t2i", "T->I mAP@1000"),
-           ("t2t", "T->T mAP@1000"), ("seconds", "train s")]
+COLUMNS = [
+    ("method", "method"),
+    ("labels", "labels used"),
+    ("bits", "bits"),
+    ("chosen", "chosen on val"),
+    ("val", "val mAP@1000"),
+    (MAP, "mAP@1000"),
+    (NDCG, "NDCG@100"),
+    (PR, "P@r<=2"),
+    ("quant", "sign / cont. mAP"),
+    ("i2t", "I->T mAP@1000"),
+    ("t2i", "T->I mAP@1000"),
+    ("t2t", "T->T mAP@1000"),
+    ("seconds", "train s"),
+]
 # Printed under the table: which codes the unprefixed columns score.
-COLUMN_NOTE = ("mAP@1000, NDCG@100 and P@r<=2 are I->I (image query codes vs image database codes; "
-               "float: cosine of the features), mean ± std over the seeds; I->T, T->I, T->T: query modality -> "
-               "database modality, DSMHN only (its text net encodes the bag-of-words tags); sign / cont. mAP: "
-               "mAP@1000 of the sign codes over that of the cosine ranking of the same network's continuous "
-               "outputs (the quantisation ratio); val mAP@1000: validation queries vs the rest of train, at the "
-               "first seed, for the grid point chosen")
+COLUMN_NOTE = (
+    "mAP@1000, NDCG@100 and P@r<=2 are I->I (image query codes vs image database codes; "
+    "float: cosine of the features), mean ± std over the seeds; I->T, T->I, T->T: query modality -> "
+    "database modality, DSMHN only (its text net encodes the bag-of-words tags); sign / cont. mAP: "
+    "mAP@1000 of the sign codes over that of the cosine ranking of the same network's continuous "
+    "outputs (the quantisation ratio); val mAP@1000: validation queries vs the rest of train, at the "
+    "first seed, for the grid point chosen"
+)
 
 
 def format_table(rows: list[dict]) -> str:
     """A Markdown table of ``rows`` (missing values shown as "-"; ``key_std`` appended as ± when > 1 seed)."""
+
     def cell(row: dict, key: str) -> str:
         value = row.get(key)
         if value is None:
@@ -585,11 +775,15 @@ def format_table(rows: list[dict]) -> str:
             return f"{value:.1f}"
         if isinstance(value, float):
             std = row.get(f"{key}_std")
-            return f"{value:.4f} ± {std:.4f}" if std is not None and row.get("seeds", 1) > 1 else f"{value:.4f}"
+            return (
+                f"{value:.4f} ± {std:.4f}" if std is not None and row.get("seeds", 1) > 1 else f"{value:.4f}"
+            )
         return str(value)
 
-    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |",
-             "|" + "|".join("---" if k in ("method", "labels", "chosen") else "---:" for k, _ in COLUMNS) + "|"]
+    lines = [
+        "| " + " | ".join(title for _, title in COLUMNS) + " |",
+        "|" + "|".join("---" if k in ("method", "labels", "chosen") else "---:" for k, _ in COLUMNS) + "|",
+    ]
     lines += ["| " + " | ".join(cell(row, key) for key, _ in COLUMNS) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -634,13 +828,17 @@ def target_checks(rows: list[dict]) -> list[str]:
                 else:
                     verdict = _verdict(outcome, wins)
                 sign = ">" if strict else ">="
-                lines.append(f"{verdict}: {method} {sign} {rival['method'].upper()} at {bits} bits "
-                             f"({ours[MAP]:.4f} vs {rival[MAP]:.4f})")
+                lines.append(
+                    f"{verdict}: {method} {sign} {rival['method'].upper()} at {bits} bits "
+                    f"({ours[MAP]:.4f} vs {rival[MAP]:.4f})"
+                )
         udmsh, itq = by.get(("udmsh", bits)), by.get(("itq", bits))
         if udmsh is not None and itq is not None:
             outcome = compare(udmsh, itq, margin=0.02)
-            lines.append(f"{_verdict(outcome, udmsh[MAP] - itq[MAP] >= 0.02)}: udmsh (no labels) > ITQ + 0.02 at "
-                         f"{bits} bits ({udmsh[MAP]:.4f} vs {itq[MAP]:.4f})")
+            lines.append(
+                f"{_verdict(outcome, udmsh[MAP] - itq[MAP] >= 0.02)}: udmsh (no labels) > ITQ + 0.02 at "
+                f"{bits} bits ({udmsh[MAP]:.4f} vs {itq[MAP]:.4f})"
+            )
     ceiling = by.get(("float", "-"))
     codes_64 = [r for r in rows if r["bits"] == 64]
     if ceiling is None or not codes_64:
@@ -648,13 +846,17 @@ def target_checks(rows: list[dict]) -> list[str]:
     else:
         best = max(codes_64, key=lambda r: r[MAP])
         verdict = "met" if best[MAP] >= ceiling[MAP] else "NOT met"
-        lines.append(f"{verdict}: best 64-bit codes ({best['method']}, {best[MAP]:.4f}) >= the float-feature "
-                     f"mAP@1000 ({ceiling[MAP]:.4f})")
+        lines.append(
+            f"{verdict}: best 64-bit codes ({best['method']}, {best[MAP]:.4f}) >= the float-feature "
+            f"mAP@1000 ({ceiling[MAP]:.4f})"
+        )
     for row in rows:
         if "quant" in row:
             verdict = "met" if row["quant"] >= 0.97 else "NOT met"
-            lines.append(f"{verdict}: {row['method']} {row['bits']} bits quantisation ratio {row['quant']:.3f} "
-                         f"(sign {row[MAP]:.4f} / continuous {row['cont']:.4f}); target 0.97")
+            lines.append(
+                f"{verdict}: {row['method']} {row['bits']} bits quantisation ratio {row['quant']:.3f} "
+                f"(sign {row[MAP]:.4f} / continuous {row['cont']:.4f}); target 0.97"
+            )
     return lines
 
 
@@ -663,26 +865,51 @@ def target_checks(rows: list[dict]) -> list[str]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS_BY_NAME), default="cpu",
-                        help="; ".join(f"{k}: {v.description}" for k, v in PRESETS_BY_NAME.items()))
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS_BY_NAME),
+        default="cpu",
+        help="; ".join(f"{k}: {v.description}" for k, v in PRESETS_BY_NAME.items()),
+    )
     parser.add_argument("--dataset", choices=sorted(PRESETS), help="built-in dataset (default: the preset's)")
     parser.add_argument("--bits", default="32,64", help="comma-separated code lengths (multiples of 8)")
-    parser.add_argument("--methods", default=",".join(ALL_METHODS),
-                        help=f"comma-separated subset of {','.join(ALL_METHODS)}")
-    parser.add_argument("--seeds", default="0,1,2", help="initialisation / shuffling seeds (mean ± std over them)")
-    parser.add_argument("--grid", choices=["small", "none"], default="small",
-                        help="small: lr x one main constant per deep method, chosen on validation; none: configs")
+    parser.add_argument(
+        "--methods", default=",".join(ALL_METHODS), help=f"comma-separated subset of {','.join(ALL_METHODS)}"
+    )
+    parser.add_argument(
+        "--seeds", default="0,1,2", help="initialisation / shuffling seeds (mean ± std over them)"
+    )
+    parser.add_argument(
+        "--grid",
+        choices=["small", "none"],
+        default="small",
+        help="small: lr x one main constant per deep method, chosen on validation; none: configs",
+    )
     parser.add_argument("--epochs", type=int, help="override the preset's epochs (deep methods)")
-    parser.add_argument("--val-size", type=int, help="validation rows carved out of train (default: the preset's)")
+    parser.add_argument(
+        "--val-size", type=int, help="validation rows carved out of train (default: the preset's)"
+    )
     parser.add_argument("--device", help="torch device (default: the preset's)")
     parser.add_argument("--image-size", type=int, help="model input side in pixels (default: the preset's)")
-    parser.add_argument("--override", action="append", default=[], metavar="METHOD:key=value",
-                        help="config override for one deep method (repeatable), e.g. idhn:method.params.theta_scale=null")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="METHOD:key=value",
+        help="config override for one deep method (repeatable), e.g. idhn:method.params.theta_scale=null",
+    )
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset")
-    parser.add_argument("--cache-dir", type=Path, default=REPO / "runs" / "bench-cache",
-                        help="where backbone inputs / features are cached")
-    parser.add_argument("--threads", type=int,
-                        help="torch CPU threads (default: torch's choice; 1 is faster on a shared, busy machine)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=REPO / "runs" / "bench-cache",
+        help="where backbone inputs / features are cached",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's choice; 1 is faster on a shared, busy machine)",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows and target checks here")
     parser.add_argument("--mlflow", metavar="URI", help="log a parent run and a child run per training here")
     return parser.parse_args(argv)
@@ -716,21 +943,48 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     preset = PRESETS_BY_NAME[args.preset]
-    preset = replace(preset, **{k: v for k, v in (("dataset", args.dataset), ("device", args.device),
-                                                  ("val_size", args.val_size), ("image_size", args.image_size))
-                                if v is not None})
+    preset = replace(
+        preset,
+        **{
+            k: v
+            for k, v in (
+                ("dataset", args.dataset),
+                ("device", args.device),
+                ("val_size", args.val_size),
+                ("image_size", args.image_size),
+            )
+            if v is not None
+        },
+    )
     epochs = args.epochs or preset.epochs
     started = time.perf_counter()
 
     features = load_or_compute_features(preset, args.data_seed, args.cache_dir)
-    tracker = Tracker(args.mlflow, f"quality-{args.preset}-{preset.dataset}",
-                      {"preset": args.preset, "dataset": preset.dataset, "epochs": epochs, "seeds": args.seeds,
-                       "grid": args.grid, "bits": args.bits, "overrides": ";".join(args.override) or "-"})
+    tracker = Tracker(
+        args.mlflow,
+        f"quality-{args.preset}-{preset.dataset}",
+        {
+            "preset": args.preset,
+            "dataset": preset.dataset,
+            "epochs": epochs,
+            "seeds": args.seeds,
+            "grid": args.grid,
+            "bits": args.bits,
+            "overrides": ";".join(args.override) or "-",
+        },
+    )
     rows = []
     try:
         if "float" in methods:
-            rows.append({"method": "float", "labels": USES["float"], "bits": "-", "chosen": "-",
-                         **score_float_features(features)})
+            rows.append(
+                {
+                    "method": "float",
+                    "labels": USES["float"],
+                    "bits": "-",
+                    "chosen": "-",
+                    **score_float_features(features),
+                }
+            )
         for bits in bit_lengths:
             for name in (m for m in ALL_METHODS if m in methods and m != "float"):
                 try:
@@ -748,12 +1002,16 @@ def main(argv: list[str] | None = None) -> int:
 
     wall = time.perf_counter() - started
     sizes = {s: len(features.splits[s].labels) for s in ("train", "val", "query", "database")}
-    print(f"Quality on the built-in dataset '{preset.dataset}' "
-          f"({', '.join(f'{s} {n}' for s, n in sizes.items())}; val carved out of train), preset {args.preset}: "
-          f"{preset.backbone} ({'ImageNet' if preset.pretrained else 'random'} weights) at {preset.image_size} px, "
-          f"trained: {preset.trained}; deep methods: {epochs} epochs, batch {preset.batch_size}, grid {args.grid}, "
-          f"seeds {','.join(map(str, seeds))}; relevant = shares a label"
-          + (f"; config overrides: {'; '.join(args.override)}" if args.override else ""))
+    print(
+        f"Quality on the built-in dataset '{preset.dataset}' "
+        f"({', '.join(f'{s} {n}' for s, n in sizes.items())}; val carved out of train), "
+        f"preset {args.preset}: {preset.backbone} "
+        f"({'ImageNet' if preset.pretrained else 'random'} weights) at {preset.image_size} px, "
+        f"trained: {preset.trained}; deep methods: {epochs} epochs, batch {preset.batch_size}, "
+        f"grid {args.grid}, "
+        f"seeds {','.join(map(str, seeds))}; relevant = shares a label"
+        + (f"; config overrides: {'; '.join(args.override)}" if args.override else "")
+    )
     print()
     print(format_table(rows))
     print()
@@ -765,10 +1023,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- {line}")
     print(f"\nwall time {wall:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps({"preset": args.preset, "dataset": preset.dataset, "epochs": epochs,
-                                         "image_size": preset.image_size, "overrides": args.override,
-                                         "seeds": seeds, "grid": args.grid, "rows": rows, "targets": checks,
-                                         "wall_s": wall}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "preset": args.preset,
+                    "dataset": preset.dataset,
+                    "epochs": epochs,
+                    "image_size": preset.image_size,
+                    "overrides": args.override,
+                    "seeds": seeds,
+                    "grid": args.grid,
+                    "rows": rows,
+                    "targets": checks,
+                    "wall_s": wall,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -32,7 +32,9 @@ def make_optimizers(
     return optimizers
 
 
-def lr_step_size(total_steps: int, lr_step_every: int | None = None, lr_decays: int | None = None) -> int | None:
+def lr_step_size(
+    total_steps: int, lr_step_every: int | None = None, lr_decays: int | None = None
+) -> int | None:
     """Steps between two lr x gamma decays, or None for a constant learning rate.
 
     ``lr_step_every`` is a fixed step count (it never fires in a run shorter than it);

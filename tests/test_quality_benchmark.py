@@ -20,13 +20,35 @@ def _table_rows(text: str) -> list[list[str]]:
 
 def test_smoke_preset_prints_the_table_with_scores_in_unit_range(tmp_path, capsys):
     out_json = tmp_path / "rows.json"
-    code = quality.main(["--preset", "smoke", "--bits", "16", "--methods", "dsmhn,itq,float", "--seeds", "0,1",
-                         "--cache-dir", str(tmp_path / "cache"), "--json", str(out_json)])
+    code = quality.main(
+        [
+            "--preset",
+            "smoke",
+            "--bits",
+            "16",
+            "--methods",
+            "dsmhn,itq,float",
+            "--seeds",
+            "0,1",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--json",
+            str(out_json),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     header, *rows = _table_rows(printed)
-    assert header[:8] == ["method", "labels used", "bits", "chosen on val", "val mAP@1000", "mAP@1000",
-                          "NDCG@100", "P@r<=2"]
+    assert header[:8] == [
+        "method",
+        "labels used",
+        "bits",
+        "chosen on val",
+        "val mAP@1000",
+        "mAP@1000",
+        "NDCG@100",
+        "P@r<=2",
+    ]
     assert [(r[0], r[2]) for r in rows] == [("float", "-"), ("dsmhn", "16"), ("itq", "16")]
     by_method = {r[0]: dict(zip(header, r, strict=True)) for r in rows}
     for row in rows:
@@ -72,8 +94,12 @@ def test_validation_is_carved_out_of_train_and_never_touches_query():
 
 def test_grid_is_lr_times_one_constant_and_chosen_on_validation(monkeypatch):
     points = quality.grid_points("idhn", "small")
-    assert points == [(1.0, {"theta_scale": 0.5}), (1.0, {"theta_scale": 0.125}),
-                      (3.0, {"theta_scale": 0.5}), (3.0, {"theta_scale": 0.125})]
+    assert points == [
+        (1.0, {"theta_scale": 0.5}),
+        (1.0, {"theta_scale": 0.125}),
+        (3.0, {"theta_scale": 0.5}),
+        (3.0, {"theta_scale": 0.125}),
+    ]
     assert all(len(quality.grid_points(m, "small")) == 4 for m in quality.DEEP_METHODS)  # same budget
     assert quality.grid_points("idhn", "none") == [(1.0, {})]
 
@@ -94,12 +120,22 @@ def test_grid_is_lr_times_one_constant_and_chosen_on_validation(monkeypatch):
     monkeypatch.setattr(quality, "train_deep_method", fake_train)
     monkeypatch.setattr(quality, "score_codes", fake_score)
     monkeypatch.setattr(quality, "encode_method", lambda *a: {})
-    row = quality.run_deep("idhn", 16, None, quality.PRESETS_BY_NAME["smoke"], 1, [0, 1, 2], "small",
-                           quality.Tracker(None, "x", {}))
+    row = quality.run_deep(
+        "idhn",
+        16,
+        None,
+        quality.PRESETS_BY_NAME["smoke"],
+        1,
+        [0, 1, 2],
+        "small",
+        quality.Tracker(None, "x", {}),
+    )
     assert row["chosen"] == "lr x3, theta_scale 0.125" and row["val"] == 0.9
     assert [c[3] for c in calls[:4]] == [("val", "train")] * 4  # the grid is scored on validation only
-    assert [(c[0], c[1], c[2]) for c in calls[4:]] == [(1, 3.0, {"theta_scale": 0.125}),
-                                                        (2, 3.0, {"theta_scale": 0.125})]
+    assert [(c[0], c[1], c[2]) for c in calls[4:]] == [
+        (1, 3.0, {"theta_scale": 0.125}),
+        (2, 3.0, {"theta_scale": 0.125}),
+    ]
     assert row["seeds"] == 3
 
 
@@ -107,19 +143,31 @@ def test_score_codes_pairs_each_column_with_its_query_and_database_modality():
     # Text codes equal to the label bits retrieve perfectly; image codes are noise. So I->I and the
     # columns with one image side are low, T->T is 1: each column reads the right (modality, split).
     rng = np.random.default_rng(0)
-    labels = {s: np.eye(4, dtype=np.float32)[rng.integers(0, 4, n)] for s, n in (("query", 30), ("database", 200))}
+    labels = {
+        s: np.eye(4, dtype=np.float32)[rng.integers(0, 4, n)] for s, n in (("query", 30), ("database", 200))
+    }
     text = {s: np.repeat(2 * labels[s] - 1, 4, axis=1) for s in labels}  # float32[n, 16] in {-1, +1}
     image = {s: rng.standard_normal((len(labels[s]), 16)).astype(np.float32) for s in labels}
     codes = {(m, s): c[s] for m, c in (("image", image), ("text", text)) for s in labels}
     features = quality.FeatureSet(
-        {s: quality.Split(np.zeros((len(labels[s]), 1), np.float32), labels[s], np.zeros((len(labels[s]), 1)),
-                          np.zeros((len(labels[s]), 1), np.float32))
-         for s in labels}, 1, 0)
+        {
+            s: quality.Split(
+                np.zeros((len(labels[s]), 1), np.float32),
+                labels[s],
+                np.zeros((len(labels[s]), 1)),
+                np.zeros((len(labels[s]), 1), np.float32),
+            )
+            for s in labels
+        },
+        1,
+        0,
+    )
     row = quality.score_codes(quality.Trained(codes, [], 0.0), features)
     assert row["t2t"] == pytest.approx(1.0)
     assert max(row[quality.MAP], row["i2t"], row["t2i"]) < 0.6
-    image_only = quality.score_codes(quality.Trained({k: v for k, v in codes.items() if k[0] == "image"}, [], 0.0),
-                                     features)
+    image_only = quality.score_codes(
+        quality.Trained({k: v for k, v in codes.items() if k[0] == "image"}, [], 0.0), features
+    )
     assert set(image_only) == {quality.MAP, quality.NDCG, quality.PR}
 
 
@@ -134,41 +182,81 @@ def test_ranking_report_matches_hashing_metrics_on_hamming_scores():
     q_codes, db_codes = (pack_bits(rng.integers(0, 2, (n, 16), dtype=np.uint8)) for n in (20, 300))
     q_labels, db_labels = ((rng.random((n, 5)) < 0.3).astype(np.uint8) for n in (20, 300))
     expected = retrieval_report(q_codes, db_codes, q_labels, db_labels, topk=50, ndcg_k=30)
-    got = quality.ranking_report(-hamming_distance(q_codes, db_codes).astype(np.float64),
-                                 q_labels, db_labels, topk=50, ndcg_k=30)
+    got = quality.ranking_report(
+        -hamming_distance(q_codes, db_codes).astype(np.float64), q_labels, db_labels, topk=50, ndcg_k=30
+    )
     assert got[quality.MAP] == pytest.approx(expected["map@50"], abs=1e-12)
     assert got[quality.NDCG] == pytest.approx(expected["ndcg@30"], abs=1e-12)
 
 
 def test_target_checks_call_a_difference_only_when_it_exceeds_both_stds():
     def row(method, bits, mean, std, seeds=3, **extra):
-        return {"method": method, "bits": bits, quality.MAP: mean, f"{quality.MAP}_std": std, "seeds": seeds, **extra}
+        return {
+            "method": method,
+            "bits": bits,
+            quality.MAP: mean,
+            f"{quality.MAP}_std": std,
+            "seeds": seeds,
+            **extra,
+        }
 
-    rows = [row("float", "-", 0.80, 0.0, seeds=1),
-            row("idhn", 64, 0.78, 0.005, cont=0.79, quant=0.78 / 0.79), row("dpsh", 64, 0.70, 0.01),
-            row("itq", 64, 0.776, 0.01), row("udmsh", 64, 0.80, 0.002, cont=0.85, quant=0.80 / 0.85),
-            row("schn", 64, 0.60, 0.01), row("dsmhn", 64, 0.705, 0.01)]
+    rows = [
+        row("float", "-", 0.80, 0.0, seeds=1),
+        row("idhn", 64, 0.78, 0.005, cont=0.79, quant=0.78 / 0.79),
+        row("dpsh", 64, 0.70, 0.01),
+        row("itq", 64, 0.776, 0.01),
+        row("udmsh", 64, 0.80, 0.002, cont=0.85, quant=0.80 / 0.85),
+        row("schn", 64, 0.60, 0.01),
+        row("dsmhn", 64, 0.705, 0.01),
+    ]
     checks = quality.target_checks(rows)
     assert "met: idhn >= DPSH at 64 bits (0.7800 vs 0.7000)" in checks  # 0.08 > both stds
     assert "met on the means, not separable: idhn > ITQ at 64 bits (0.7800 vs 0.7760)" in checks
     assert "NOT met: schn >= DPSH at 64 bits (0.6000 vs 0.7000)" in checks  # called against
     assert "met (no called difference): dsmhn >= DPSH at 64 bits (0.7050 vs 0.7000)" in checks
     # 0.024 over ITQ, but 0.004 past the 0.02 margin is within ITQ's std 0.01: not called
-    assert "met on the means, not separable: udmsh (no labels) > ITQ + 0.02 at 64 bits (0.8000 vs 0.7760)" in checks
+    assert (
+        "met on the means, not separable: udmsh (no labels) > ITQ + 0.02 at 64 bits (0.8000 vs 0.7760)"
+        in checks
+    )
     assert "met: best 64-bit codes (udmsh, 0.8000) >= the float-feature mAP@1000 (0.8000)" in checks
     assert any(c.startswith("NOT met: udmsh 64 bits quantisation ratio 0.941") for c in checks)
     assert any(c.startswith("met: idhn 64 bits quantisation ratio 0.987") for c in checks)
-    one_seed = quality.target_checks([row("idhn", 32, 0.9, 0.0, seeds=1), row("dpsh", 32, 0.5, 0.0, seeds=1),
-                                      row("itq", 32, 0.4, 0.0, seeds=1)])
-    assert "met on the means, not separable (one seed): idhn >= DPSH at 32 bits (0.9000 vs 0.5000)" in one_seed
+    one_seed = quality.target_checks(
+        [
+            row("idhn", 32, 0.9, 0.0, seeds=1),
+            row("dpsh", 32, 0.5, 0.0, seeds=1),
+            row("itq", 32, 0.4, 0.0, seeds=1),
+        ]
+    )
+    assert (
+        "met on the means, not separable (one seed): idhn >= DPSH at 32 bits (0.9000 vs 0.5000)" in one_seed
+    )
 
 
 def test_grid_and_seed_runs_are_mlflow_child_runs(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    assert quality.main(["--preset", "smoke", "--bits", "16", "--methods", "idhn", "--seeds", "0,1",
-                         "--cache-dir", str(tmp_path / "cache"), "--mlflow", uri]) == 0
+    assert (
+        quality.main(
+            [
+                "--preset",
+                "smoke",
+                "--bits",
+                "16",
+                "--methods",
+                "idhn",
+                "--seeds",
+                "0,1",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--mlflow",
+                uri,
+            ]
+        )
+        == 0
+    )
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -181,20 +269,47 @@ def test_grid_and_seed_runs_are_mlflow_child_runs(tmp_path, capsys):
     assert all("map_at_1000" in r.data.metrics for r in children if r.data.params["stage"] == "final")
 
 
-def test_override_flag_reaches_one_methods_config_and_bad_items_are_exit_code_2(tmp_path, monkeypatch, caplog):
-    assert quality.parse_overrides(["idhn:method.params.theta_scale=null", "idhn:train.lr=0.01",
-                                    "udmsh:model.spatial_grid=1"]) == {
-        "idhn": ["method.params.theta_scale=null", "train.lr=0.01"], "udmsh": ["model.spatial_grid=1"]}
+def test_override_flag_reaches_one_methods_config_and_bad_items_are_exit_code_2(
+    tmp_path, monkeypatch, caplog
+):
+    assert quality.parse_overrides(
+        ["idhn:method.params.theta_scale=null", "idhn:train.lr=0.01", "udmsh:model.spatial_grid=1"]
+    ) == {"idhn": ["method.params.theta_scale=null", "train.lr=0.01"], "udmsh": ["model.spatial_grid=1"]}
     for bad in ("itq:train.lr=1", "idhn-train.lr=1", "idhn:train.lr"):
         with pytest.raises(ValueError, match="METHOD:key=value"):
             quality.parse_overrides([bad])
-    assert quality.main(["--preset", "smoke", "--methods", "idhn", "--override", "nope:x=1",
-                         "--cache-dir", str(tmp_path)]) == 2
+    assert (
+        quality.main(
+            ["--preset", "smoke", "--methods", "idhn", "--override", "nope:x=1", "--cache-dir", str(tmp_path)]
+        )
+        == 2
+    )
     seen = []
     real = quality.load_config
-    monkeypatch.setattr(quality, "load_config", lambda path, overrides: seen.append(overrides) or real(path, overrides))
-    assert quality.main(["--preset", "smoke", "--methods", "idhn", "--bits", "16", "--seeds", "0", "--grid", "none",
-                         "--override", "idhn:method.params.theta_scale=null", "--cache-dir", str(tmp_path)]) == 0
+    monkeypatch.setattr(
+        quality, "load_config", lambda path, overrides: seen.append(overrides) or real(path, overrides)
+    )
+    assert (
+        quality.main(
+            [
+                "--preset",
+                "smoke",
+                "--methods",
+                "idhn",
+                "--bits",
+                "16",
+                "--seeds",
+                "0",
+                "--grid",
+                "none",
+                "--override",
+                "idhn:method.params.theta_scale=null",
+                "--cache-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert seen and all(o == ["model.bits=16", "method.params.theta_scale=null"] for o in seen)
 
 
@@ -218,14 +333,34 @@ def test_frozen_mode_repools_the_cached_spatial_grid_for_a_grid_1_config():
 
 @pytest.mark.parametrize("mode", ["images", "frozen"])
 def test_whole_backbone_and_frozen_modes_run_end_to_end(mode, tmp_path, monkeypatch, capsys):
-    # The gpu preset's mode (the whole backbone trains on images) and the frozen mode, at smoke size on the CPU.
+    # The gpu preset's mode (the whole backbone trains on images) and the frozen mode, at smoke size
+    # on the CPU.
     from dataclasses import replace
 
     preset = replace(quality.PRESETS_BY_NAME["smoke"], mode=mode, epochs=1, trained=f"smoke {mode}")
     monkeypatch.setitem(quality.PRESETS_BY_NAME, "smoke", preset)
     out_json = tmp_path / "rows.json"
-    assert quality.main(["--preset", "smoke", "--bits", "16", "--methods", "udmsh,itq", "--seeds", "0",
-                         "--grid", "none", "--cache-dir", str(tmp_path), "--json", str(out_json)]) == 0
+    assert (
+        quality.main(
+            [
+                "--preset",
+                "smoke",
+                "--bits",
+                "16",
+                "--methods",
+                "udmsh,itq",
+                "--seeds",
+                "0",
+                "--grid",
+                "none",
+                "--cache-dir",
+                str(tmp_path),
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out_json.read_text())["rows"]
     assert [r["method"] for r in rows] == ["udmsh", "itq"]
     assert all(0.0 <= r["map@1000"] <= 1.0 for r in rows)

@@ -140,7 +140,9 @@ class DSMHN(HashingMethod):
         return self.image_head(self.backbone(images).global_)
 
     def set_tag_vocabulary(self, words: list[str], encoder=None) -> None:
-        """Embed each tag word with MiniLM into ``tag_embeddings`` (``text_encoder="minilm"``; no-op for ``bow``).
+        """Embed each tag word with MiniLM into ``tag_embeddings`` (``text_encoder="minilm"``).
+
+        A no-op for ``bow``.
 
         ``encoder``: a ``hashing.models.text.MiniLMEncoder`` (default: load the packaged one).
         """
@@ -156,7 +158,8 @@ class DSMHN(HashingMethod):
         self.tag_embeddings.copy_(emb.to(self.tag_embeddings.device))
 
     def text_features(self, tags: torch.Tensor) -> torch.Tensor:
-        """The text net's input: the bag of words itself (``bow``) or the mean MiniLM tag embedding (``minilm``)."""
+        """The text net's input: the bag of words itself (``bow``) or the normalised mean MiniLM tag
+        embedding (``minilm``)."""
         tags = tags.float()
         if self.text_encoder == "bow":
             return tags

@@ -56,8 +56,10 @@ class IDHN(HashingMethod):
     with beta = 5 is bounded by +-5 whatever K is, so the likelihood of a hard pair can never push a
     similar pair's probability past sigmoid(5) = 0.993 and stops pulling early at large K.
     ``theta_scale`` = t sets theta = t <u, u'> instead (i.e. beta = t K; t = 0.5 is DPSH's Theta =
-    0.5 u^T u); None keeps the original beta / K. The soft-pair term does not depend on it. Binary code b = sign(u) with sign(0) = +1 (the original uses 1[u > 0]; they differ
-    only where u is exactly 0).
+    0.5 u^T u); None keeps the original beta / K. The soft-pair term does not depend on it.
+
+    Binary code b = sign(u) with sign(0) = +1 (the original uses 1[u > 0]; they differ only where
+    u is exactly 0).
 
     Sharded data (DDP): each worker pairs its b local rows with the B gathered rows of every worker
     (columns without gradient). Because l is symmetric in (i, j), the gradient of the pair mean on

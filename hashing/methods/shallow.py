@@ -167,8 +167,9 @@ class ITQ:
         return _signs(self.project(features))
 
 
-def cosine_ranking_report(queries: np.ndarray, database: np.ndarray, q_labels: np.ndarray, db_labels: np.ndarray,
-                          topk: int | None = 1000, ndcg_k: int = 100, chunk: int = 256) -> dict[str, float]:
+def cosine_ranking_report(queries: np.ndarray, database: np.ndarray, q_labels: np.ndarray,
+                          db_labels: np.ndarray, topk: int | None = 1000, ndcg_k: int = 100,
+                          chunk: int = 256) -> dict[str, float]:
     """mAP@topk and NDCG@ndcg_k of ranking ``database`` float[n, d] by cosine similarity to each query
     float[m, d] (ties in database order), with the definitions of ``hashing.metrics``: relevant =
     shares a label, gain 2^r - 1 with r = shared labels, a query without hits scores 0.
@@ -189,7 +190,8 @@ def cosine_ranking_report(queries: np.ndarray, database: np.ndarray, q_labels: n
         ranked = np.take_along_axis(shared, ids, axis=1)
         hits = ranked[:, :depth_k] > 0
         hit_number = np.cumsum(hits, axis=1) * hits
-        aps.append((hit_number / np.arange(1, hits.shape[1] + 1)).sum(axis=1) / np.maximum(hits.sum(axis=1), 1))
+        precision_at_hits = (hit_number / np.arange(1, hits.shape[1] + 1)).sum(axis=1)
+        aps.append(precision_at_hits / np.maximum(hits.sum(axis=1), 1))
         k = min(ndcg_k, depth)
         discount = 1.0 / np.log2(np.arange(2, k + 2))
         dcg = (np.exp2(ranked[:, :k]) - 1) @ discount
@@ -197,7 +199,8 @@ def cosine_ranking_report(queries: np.ndarray, database: np.ndarray, q_labels: n
         ideal = (np.exp2(best) - 1) @ discount
         ndcgs.append(np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1.0), 0.0))
     name = "all" if topk is None else topk
-    return {f"map@{name}": float(np.concatenate(aps).mean()), f"ndcg@{ndcg_k}": float(np.concatenate(ndcgs).mean())}
+    return {f"map@{name}": float(np.concatenate(aps).mean()),
+            f"ndcg@{ndcg_k}": float(np.concatenate(ndcgs).mean())}
 
 
 class ShallowHashing(HashingMethod):

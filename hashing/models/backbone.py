@@ -5,8 +5,10 @@ A backbone maps preprocessed images ``float32[b, 3, H, W]`` to two pooled featur
 (``float32[b, spatial_dim]``, features of an earlier convolutional stage average-pooled to a
 ``spatial_grid`` x ``spatial_grid`` grid and flattened channel-major, so that with a grid > 1 they
 keep the layout of the image: which region holds what; UDMSH uses it). ``spatial_dim`` =
-``spatial_channels * spatial_grid ** 2``; grid 1 is one global mean. Preprocessing is ``(pixel / 255 - mean) / std`` per channel with the backbone's own
-``mean`` and ``std``.
+``spatial_channels * spatial_grid ** 2``; grid 1 is one global mean.
+
+Preprocessing is ``(pixel / 255 - mean) / std`` per channel with the backbone's own ``mean`` and
+``std``.
 """
 
 from __future__ import annotations
@@ -51,14 +53,17 @@ class Backbone(nn.Module):
         return self.spatial_channels * self.spatial_grid**2
 
     def set_spatial_grid(self, grid: int) -> Backbone:
-        """Pool ``Features.spatial`` to a ``grid`` x ``grid`` grid from now on (no parameter changes); returns self."""
+        """Pool ``Features.spatial`` to a ``grid`` x ``grid`` grid from now on (no parameter changes).
+
+        Returns self."""
         if not isinstance(grid, int) or grid < 1:
             raise ValueError(f"spatial_grid must be an integer >= 1, got {grid!r}")
         self.spatial_grid = grid
         return self
 
     def pool_spatial(self, x: torch.Tensor) -> torch.Tensor:
-        """Feature map float[b, C, h, w] -> float[b, C * G * G]: average pooled to the G x G grid, channel-major."""
+        """Feature map float[b, C, h, w] -> float[b, C * G * G]: average-pooled to the G x G grid,
+        flattened channel-major."""
         if self.spatial_grid == 1:
             return x.mean(dim=(2, 3))
         return nnf.adaptive_avg_pool2d(x, self.spatial_grid).flatten(1)
@@ -108,5 +113,7 @@ class CachedTrunk(Backbone):
 
     def forward(self, images: torch.Tensor) -> Features:
         if images.ndim != 4:
-            raise ValueError(f"CachedTrunk expects trunk outputs float[b, C, h, w], got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"CachedTrunk expects trunk outputs float[b, C, h, w], got shape {tuple(images.shape)}"
+            )
         return self.inner.from_trunk(images)

@@ -272,8 +272,9 @@ class Search:
             image = decode_image(data, "the uploaded image")
         except ImageTooLargeError as exc:
             raise ServiceError(413, str(exc)) from None
-        except InputError as exc:
-            raise ServiceError(400, str(exc)) from None
+        except InputError:
+            raise ServiceError(400, f"the upload is not a readable image ({len(data)} bytes); "
+                                    "POST a PNG, JPEG or WebP file") from None
         return self.encoder.encode_raw([image])
 
     async def _answer(self, query: np.ndarray, k: int) -> dict:

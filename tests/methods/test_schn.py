@@ -238,4 +238,7 @@ def test_cycle_and_adversarial_terms_reach_only_the_cycle_module_and_latent_spac
         if name.startswith("discriminators."):
             assert g is None and w is None, name
         else:
-            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6, msg=name)
+            # float32 sums in another order differ by ~1e-6 of the gradient's scale; a term routed
+            # wrongly differs by the order of the gradient itself.
+            scale = float(w.abs().max()) if w is not None else 1.0
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5 * max(scale, 1.0), msg=name)

@@ -36,10 +36,15 @@ class ResourceRequestTimeoutFilter(logging.Filter):
 
 
 def quiet_ray_logs() -> None:
-    """Install ``ResourceRequestTimeoutFilter`` in this process (the job's ``worker_process_setup_hook``)."""
+    """Install ``ResourceRequestTimeoutFilter`` in this process (the job's ``worker_process_setup_hook``);
+    Ray Data's INFO lines off unless the job runs at DEBUG (``HASHING_LOG_LEVEL``)."""
     logger = logging.getLogger(_RESOURCE_REQUEST_LOGGER)
     if not any(isinstance(f, ResourceRequestTimeoutFilter) for f in logger.filters):
         logger.addFilter(ResourceRequestTimeoutFilter())
+    if os.environ.get(LOG_LEVEL_ENV, "INFO").upper() != "DEBUG":
+        # Ray Data runs parts of a job in actors (e.g. Ray Train's SplitCoordinator): their INFO lines too
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def quiet_ray_output() -> None:

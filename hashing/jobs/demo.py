@@ -5,7 +5,8 @@
 Recipe: ingest (the built-in dataset into ``dataset.uri``, skipped when already there) -> train
 (Ray Train, registers ``challenger``) -> encode (Ray Data, Parquet code shards) -> evaluate (metrics
 and plots against the model version) -> promote (``challenger`` -> ``champion`` when it wins) ->
-search (the first query item against the database) -> where the results are.
+search (the first query item against the database) -> where the results are, and the
+command and URL of the query service over the champion's codes (not started).
 
 Each step is the command line printed before it runs, with the same ``--config`` and overrides, so
 any of them can be rerun alone; the demo stops at the first step that fails.
@@ -23,6 +24,7 @@ from hashing import storage
 from hashing.code_shards import version_uri
 from hashing.config import Config
 from hashing.errors import InputError
+from hashing.jobs.serve import DEFAULT_PORT
 from hashing.tracking import CHAMPION, registered_model_name, resolve_model, setup_tracking
 
 PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"  # in a checkout; else `python -m hashing`
@@ -90,6 +92,8 @@ def print_where_results_are(config: Config, common: list[str]) -> None:
     print(f"its code shards:        {version_uri(config.encode.codes_root, champion.name, champion.version)}")
     print(f"training checkpoints:   {config.train.storage_path}")
     print(f"search again:           {step_command('search', [*common, '--key', SAMPLE_QUERY_KEY])[1]}")
+    print(f"serve the champion:     {step_command('serve', common)[1]}")
+    print(f"                        then http://127.0.0.1:{DEFAULT_PORT}/search?key={SAMPLE_QUERY_KEY}&k=10")
 
 
 if __name__ == "__main__":

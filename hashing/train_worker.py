@@ -251,7 +251,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             resume(state, checkpoint_dir)
     # Methods whose phases train different parameters leave some unused in each backward pass.
     ddp_kwargs = {"find_unused_parameters": True} if len(method.phases) > 1 else {}
-    state.model = ray.train.torch.prepare_model(method, move_to_device=False, parallel_strategy_kwargs=ddp_kwargs)
+    state.model = ray.train.torch.prepare_model(
+        method, move_to_device=False, parallel_strategy_kwargs=ddp_kwargs
+    )
     nodes = worker_node_ids()
     shard = ray.train.get_dataset_shard(TRAIN_DATASET)
     batch_size = config.train.batch_size

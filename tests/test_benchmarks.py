@@ -54,7 +54,10 @@ def test_search_faiss_returns_our_results_on_random_and_builtin_codes(capsys: py
     queries, database = search.builtin_case("tiny", seed=0)
     assert queries.shape == (64, 8) and database.shape == (512, 8)
 
-    assert search.main(["--n", "2000", "--queries", "5", "--k", "10", "--builtin", "tiny", "--repeats", "1"]) == 0
+    assert (
+        search.main(["--n", "2000", "--queries", "5", "--k", "10", "--builtin", "tiny", "--repeats", "1"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "built-in tiny" in out and "random 64-bit" in out
     assert "results identical to ours (ids, distances, tie order): yes" in out
@@ -90,7 +93,9 @@ def test_encode_plain_loop_and_shard_encoder_encode_the_same_images(tmp_path) ->
     shard = encode_throughput.shard_encoder_loop(encoder, refs, config, manifest, model_uri)
     assert shard["images"] == expected
     # The job's per-shard function writes the plain loop's codes.
-    shard_encoder = ShardEncoder(model_uri, None, {}, len(manifest.classes), manifest.fingerprint, encoder=encoder)
+    shard_encoder = ShardEncoder(
+        model_uri, None, {}, len(manifest.classes), manifest.fingerprint, encoder=encoder
+    )
     for ref in refs:
         part = shard_encoder.encode_shard(storage.read_bytes(ref.uri), ref).part
         storage.write_bytes(part_uri(str(tmp_path / "codes" / ref.split), ref.info.path), part)
@@ -102,7 +107,9 @@ def test_encode_plain_loop_and_shard_encoder_encode_the_same_images(tmp_path) ->
 
 
 def test_training_plain_run_records_every_step(tmp_path) -> None:
-    config, manifest = common.builtin_config(tmp_path, TEST_CONFIG, "tiny", ["train.epochs=2", "train.batch_size=32"])
+    config, manifest = common.builtin_config(
+        tmp_path, TEST_CONFIG, "tiny", ["train.epochs=2", "train.batch_size=32"]
+    )
     run = training.plain_run(config, manifest)
     steps_per_epoch = manifest.split("train").samples // 32
     assert len(run["steps"]) == 2 * steps_per_epoch

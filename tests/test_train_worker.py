@@ -124,7 +124,9 @@ def test_checkpoint_hook_runs_every_n_global_steps() -> None:
     state = make_train_state(build_training_method(config, 10, 0), config)
     steps: list[int] = []
     for epoch in range(2):
-        run_epoch(state, _batches(epoch), checkpoint_every=4, on_checkpoint=lambda s: steps.append(s.progress.step))
+        run_epoch(
+            state, _batches(epoch), checkpoint_every=4, on_checkpoint=lambda s: steps.append(s.progress.step)
+        )
     assert steps == [4, 8, 12]
 
 

@@ -85,7 +85,8 @@ class HashingMethod(nn.Module):
         return list(self.parameters())
 
     def optimizer_groups(self, phase: str, lr: float) -> list[dict]:
-        """Param groups for ``phase``: a pretrained backbone at ``lr * pretrained_lr_scale``, the rest at ``lr``."""
+        """Param groups for ``phase``: a pretrained backbone at ``lr * pretrained_lr_scale``, the rest at
+        ``lr``."""
         params = self.phase_parameters(phase)
         backbone_ids = {id(p) for p in self.backbone.parameters()}
         backbone = [p for p in params if id(p) in backbone_ids and p.requires_grad]

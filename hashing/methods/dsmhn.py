@@ -47,7 +47,8 @@ def similarity_pair_loss(
 
 
 def bit_balance(x: torch.Tensor) -> torch.Tensor:
-    """J_bal for one modality: ||X^T 1||^2 / (B^2 K) = mean over bits of (column mean)^2 over the global batch.
+    """J_bal for one modality: ||X^T 1||^2 / (B^2 K) = mean over bits of (column mean)^2 over the global
+    batch.
 
     ``x`` float32[b, K] local rows; zero when every bit sums to zero over the global batch of B rows.
     Under DDP the local rows carry the gradient and DDP divides by the world size W, so the

@@ -68,7 +68,8 @@ def dcc_objective(b: torch.Tensor, u: torch.Tensor, q: torch.Tensor) -> torch.Te
 
 @torch.no_grad()
 def dcc_codes(q: torch.Tensor, u: torch.Tensor, sweeps: int = 3) -> torch.Tensor:
-    """Binary codes B float[n, K] in {-1, +1} minimising ``dcc_objective`` by discrete cyclic coordinate descent.
+    """Binary codes B float[n, K] in {-1, +1} minimising ``dcc_objective`` by discrete cyclic coordinate
+    descent.
 
     Starts from sign(Q) and updates one bit column at a time, ``sweeps`` passes over the K columns:
     B[:, k] = sign(Q[:, k] - B' U'^T U[:, k]) with B', U' the other columns (ADSH). Each column
@@ -96,7 +97,8 @@ class SCHN(HashingMethod):
         latent space:   A = one-head attention across the samples of the batch, queries/keys F_lab,
                         values F_img, width 512 -> float[b, 512];
                         H = ReLU(S_b A W + bias), W float[512, 1024] (a graph convolution over the
-                        batch label graph S_b = 1[l l^T > 0], unnormalised, as the reference) -> float[b, 1024];
+                        batch label graph S_b = 1[l l^T > 0], unnormalised, as the reference)
+                        -> float[b, 1024];
                         U_lat = sigmoid(Linear(1024, K)(dropout 0.5 (H)))  (in (0, 1), as the reference)
         cycle module:   Û_img = tanh(MLP 1024-1024-512-K(attention(q = k = H, v = F_lab, width 1024)))
                         Û_lab = tanh(MLP 1024-1024-512-K(attention(q = k = H, v = F_img, width 1024)))
@@ -217,7 +219,8 @@ class SCHN(HashingMethod):
         }
 
     def _discriminate(self, u_img: torch.Tensor, u_lab: torch.Tensor, train: bool) -> torch.Tensor:
-        """Logits float[2b]: [D_img(u_img), D_lab(u_lab)]; with detached discriminator weights unless ``train``."""
+        """Logits float[2b]: [D_img(u_img), D_lab(u_lab)]; with detached discriminator weights unless
+        ``train``."""
         logits = []
         for space, u in (("image", u_img), ("label", u_lab)):
             net = self.discriminators[space]
@@ -231,7 +234,8 @@ class SCHN(HashingMethod):
     def _code_loss(
         self, u: torch.Tensor, s: torch.Tensor, b_global: torch.Tensor, b_local: torch.Tensor
     ) -> torch.Tensor:
-        """l(U) = (12 / K) mean((K S - U B^T)^2) + gamma mean((U - B_local)^2); S float[b, B], B float[B, K]."""
+        """l(U) = (12 / K) mean((K S - U B^T)^2) + gamma mean((U - B_local)^2); S float[b, B],
+        B float[B, K]."""
         k = self.bits
         return 12 / k * ((k * s - u @ b_global.T) ** 2).mean() + self.gamma * ((u - b_local) ** 2).mean()
 

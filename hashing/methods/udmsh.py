@@ -28,7 +28,8 @@ def code_affinity(u_a: torch.Tensor, u_b: torch.Tensor) -> torch.Tensor:
 
 
 class UDMSH(HashingMethod):
-    """Backbone -> Linear(d, K) = z -> u = sqrt(K) z / ||z|| (so ||u|| = sqrt(K)); code b = sign(u), sign(0) = +1.
+    """Backbone -> Linear(d, K) = z -> u = sqrt(K) z / ||z|| (so ||u|| = sqrt(K)); code b = sign(u),
+    sign(0) = +1.
 
     Loss ([recon], B items of the global batch, all B x B ordered pairs including i == j):
 
@@ -104,7 +105,8 @@ class UDMSH(HashingMethod):
         return ssdh_similarity(combined_distance(feats.global_, spatial, self.omega))
 
     def forward(self, batch: Batch, phase: str = "main") -> dict[str, torch.Tensor]:
-        """``{"loss", "pairwise", "quantization", "confident"}`` scalars for the local rows of the global batch.
+        """``{"loss", "pairwise", "quantization", "confident"}`` scalars for the local rows of the global
+        batch.
 
         ``confident`` is the fraction of global-batch pairs with s = +1 or -1 (a diagnostic).
         """

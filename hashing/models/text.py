@@ -56,7 +56,9 @@ class _SelfAttention(nn.Module):
         def split(t: torch.Tensor) -> torch.Tensor:
             return t.view(b, n, self.heads, width // self.heads).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(split(self.query(x)), split(self.key(x)), split(self.value(x)), mask)
+        out = F.scaled_dot_product_attention(
+            split(self.query(x)), split(self.key(x)), split(self.value(x)), mask
+        )
         return out.transpose(1, 2).reshape(b, n, width)
 
 
@@ -101,7 +103,11 @@ class _Embeddings(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(ids.shape[1], device=ids.device)
-        x = self.word_embeddings(ids) + self.position_embeddings(positions) + self.token_type_embeddings.weight[0]
+        x = (
+            self.word_embeddings(ids)
+            + self.position_embeddings(positions)
+            + self.token_type_embeddings.weight[0]
+        )
         return self.LayerNorm(x)
 
 
@@ -125,7 +131,11 @@ class Bert(nn.Module):
             config["vocab_size"], config["max_position_embeddings"], config["type_vocab_size"], width, eps
         )
         self.encoder = _Encoder(
-            config["num_hidden_layers"], width, config["num_attention_heads"], config["intermediate_size"], eps
+            config["num_hidden_layers"],
+            width,
+            config["num_attention_heads"],
+            config["intermediate_size"],
+            eps,
         )
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -157,11 +167,14 @@ class MiniLMEncoder:
                 raise FileNotFoundError(f"MiniLM model folder {model_dir} has no {name}")
         config = json.loads((model_dir / "config.json").read_text())
         if config.get("hidden_size") != self.dim:
-            raise ValueError(f"{model_dir / 'config.json'}: hidden_size {config.get('hidden_size')}, expected {self.dim}")
+            raise ValueError(
+                f"{model_dir / 'config.json'}: hidden_size {config.get('hidden_size')}, expected {self.dim}"
+            )
         self.batch_size = batch_size
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=max_length)
-        self.tokenizer.enable_padding(pad_id=config["pad_token_id"], pad_token="[PAD]")  # pad to longest in batch
+        # pad to longest in batch
+        self.tokenizer.enable_padding(pad_id=config["pad_token_id"], pad_token="[PAD]")
         self.model = Bert(config).eval().requires_grad_(False)
         state = load_file(model_dir / "model.safetensors")
         for key in _UNUSED_KEYS:
@@ -169,11 +182,14 @@ class MiniLMEncoder:
         try:
             self.model.load_state_dict(state, strict=True)
         except RuntimeError as err:
-            raise RuntimeError(f"weights in {model_dir / 'model.safetensors'} do not fit a BERT encoder: {err}") from err
+            raise RuntimeError(
+                f"weights in {model_dir / 'model.safetensors'} do not fit a BERT encoder: {err}"
+            ) from err
         logger.info("loaded MiniLM text encoder from %s", model_dir)
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        """L2-normalised mean-pooled embeddings ``float32[len(texts), 384]`` (an empty list gives [0, 384])."""
+        """L2-normalised mean-pooled embeddings ``float32[len(texts), 384]`` (an empty list gives
+        [0, 384])."""
         if isinstance(texts, str):
             raise TypeError("encode expects a list of strings, got a single str")
         parts = [np.zeros((0, self.dim), np.float32)]

@@ -1,4 +1,5 @@
-"""DSMHN [recon]: loss against an independent plain formula, bit balance, pluggable J_sim, cross-modal retrieval."""
+"""DSMHN [recon]: loss against an independent plain formula, bit balance, pluggable J_sim, cross-modal
+retrieval."""
 
 from __future__ import annotations
 

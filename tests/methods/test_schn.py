@@ -30,7 +30,8 @@ def digits_batch(n: int = 24, classes: int = 4, seed: int = 0) -> dict[str, torc
 
 
 def dcc_problem(n: int = 12, k: int = 8, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Random U, U_lab, U_lat float64[n, k], multi-hot labels and Q = K S~^T U + 10 U + 2 U_lab + 0.1 U_lat."""
+    """Random U, U_lab, U_lat float64[n, k], multi-hot labels and
+    Q = K S~^T U + 10 U + 2 U_lab + 0.1 U_lat."""
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(n, k, generator=g, dtype=torch.float64).tanh()
     u_lab = torch.randn(n, k, generator=g, dtype=torch.float64).tanh()

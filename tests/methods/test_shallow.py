@@ -1,4 +1,5 @@
-"""Shallow baselines: cosine ranking, LSH, ITQ (monotone quantisation loss, orthogonal rotation, neighbourhoods)."""
+"""Shallow baselines: cosine ranking, LSH, ITQ (monotone quantisation loss, orthogonal rotation,
+neighbourhoods)."""
 
 from __future__ import annotations
 
@@ -122,7 +123,9 @@ def test_itq_and_lsh_methods_give_the_numpy_baselines_codes_and_round_trip_their
         assert agree > 0.99, name  # float32 vs float64 may flip a sign right at 0
         fresh = build_method(name, backbone=CachedFeatures(24, 0), bits=8, num_classes=0)
         fresh.load_state_dict(method.state_dict(), strict=True)
-        torch.testing.assert_close(fresh.encode_image(torch.tensor(test, dtype=torch.float32)), torch.tensor(codes))
+        torch.testing.assert_close(
+            fresh.encode_image(torch.tensor(test, dtype=torch.float32)), torch.tensor(codes)
+        )
         with pytest.raises(RuntimeError, match="fit_features"):
             method({"image": torch.zeros(2, 24)})
 

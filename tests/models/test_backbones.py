@@ -39,7 +39,8 @@ EXPECTED = {"coffee": {ESPRESSO}, "chelsea": {TABBY, TIGER_CAT, EGYPTIAN_CAT}, "
 
 
 def _to_input(photo: np.ndarray, backbone: Backbone, size: int = 224) -> torch.Tensor:
-    """uint8[H, W, 3] photo -> float32[3, size, size]: shorter side to 256/224 * size, centre crop, normalise."""
+    """uint8[H, W, 3] photo -> float32[3, size, size]: shorter side to 256/224 * size, centre crop,
+    normalise."""
     image = Image.fromarray(photo).convert("RGB")
     scale = round(size * 256 / 224) / min(image.size)
     image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
@@ -74,7 +75,9 @@ def untrained(request: pytest.FixtureRequest) -> Backbone:
     return FACTORIES[request.param](pretrained=False).eval()
 
 
-def test_pretrained_backbone_classifies_real_photos(pretrained: Backbone, photos: dict[str, np.ndarray]) -> None:
+def test_pretrained_backbone_classifies_real_photos(
+    pretrained: Backbone, photos: dict[str, np.ndarray]
+) -> None:
     assert pretrained.pretrained is True
     top1 = _top1(pretrained, photos)
     wrong = {name: cls for name, cls in top1.items() if cls not in EXPECTED[name]}
@@ -108,7 +111,9 @@ def test_every_trainable_parameter_gets_a_gradient_from_forward() -> None:
         unused = [name for name, p in backbone.named_parameters() if p.requires_grad and p.grad is None]
         frozen = [name for name, p in backbone.named_parameters() if not p.requires_grad]
         assert not unused
-        assert sorted(frozen) == sorted(n for n in backbone.state_dict() if n.startswith(("_fc.", "classifier.")))
+        assert sorted(frozen) == sorted(
+            n for n in backbone.state_dict() if n.startswith(("_fc.", "classifier."))
+        )
 
 
 def test_spatial_dims_are_the_stride_16_stages() -> None:

@@ -1,4 +1,5 @@
-"""MiniLM text encoder: offline loading, shape, determinism, semantics, agreement with sentence-transformers."""
+"""MiniLM text encoder: offline loading, shape, determinism, semantics, agreement with
+sentence-transformers."""
 
 from __future__ import annotations
 
@@ -85,7 +86,9 @@ def test_missing_model_folder_names_the_file(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_agrees_with_sentence_transformers_live(monkeypatch: pytest.MonkeyPatch, encoder: MiniLMEncoder) -> None:
+def test_agrees_with_sentence_transformers_live(
+    monkeypatch: pytest.MonkeyPatch, encoder: MiniLMEncoder
+) -> None:
     """Independent reference: the sentence-transformers pipeline on the same package files (about 20 s)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     sentence_transformers = pytest.importorskip("sentence_transformers")
@@ -93,4 +96,6 @@ def test_agrees_with_sentence_transformers_live(monkeypatch: pytest.MonkeyPatch,
 
     reference = sentence_transformers.SentenceTransformer(str(get_model_path()), device="cpu")
     texts = [*TEXTS, "", "A long caption about a dress, a coat and sandals on a sunny day. " * 40]
-    np.testing.assert_allclose(encoder.encode(texts), reference.encode(texts, convert_to_numpy=True), atol=1e-5)
+    np.testing.assert_allclose(
+        encoder.encode(texts), reference.encode(texts, convert_to_numpy=True), atol=1e-5
+    )

@@ -25,7 +25,8 @@ Bad requests get a 4xx JSON ``{"error": message}``: k outside ``[1, max_k]`` 400
 image 400, an upload over ``max_upload_bytes`` 413 (an image over the pixel limit too), an unknown key 404.
 
 The service is pinned to the version it resolved at start; following ``champion`` when it moves is
-not done yet (restart the service).
+not done in the service (restart it; on Kubernetes, ``infra/rayservice.yaml`` deploys ``app_builder``
+and the nightly CronJob replaces the cluster after a promotion, see ``infra/README.md``).
 """
 
 import asyncio
@@ -305,6 +306,74 @@ def build_app(plan: ServicePlan) -> serve.Application:
                   .bind(p, root, shards, plan.model_uri, plan.s3_endpoint)
                   for p, shards in enumerate(plan.partitions)]
     return Search.options(**options).bind(partitions, asdict(plan))
+
+
+APP_ARGS = {"config": str, "overrides": list, "partitions": int, "cpus_per_replica": (int, float),
+            "max_upload_bytes": int}
+
+
+@dataclass(frozen=True)
+class AppArgs:
+    """The ``args`` of ``app_builder``, checked: the config path, its ``key=value`` overrides, the options
+    of ``hashing serve`` (``partitions``, ``cpus_per_replica``, ``max_upload_bytes``)."""
+
+    config: str
+    overrides: list[str] = field(default_factory=list)
+    partitions: int = 2
+    cpus_per_replica: float = DEFAULT_CPUS
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
+
+
+def parse_app_args(args: dict) -> AppArgs:
+    """Check the ``args`` mapping of a Serve config (``serveConfigV2``) -> ``AppArgs``.
+
+    Raises:
+        InputError: not a mapping, an unknown key, ``config`` missing, a value of the wrong type,
+            ``partitions`` < 1, ``cpus_per_replica`` <= 0, ``max_upload_bytes`` < 1.
+    """
+    if not isinstance(args, dict):
+        raise InputError(f"app args must be a mapping, got {type(args).__name__}")
+    unknown = sorted(set(args) - set(APP_ARGS))
+    if unknown:
+        raise InputError(f"unknown app args {unknown}; known: {sorted(APP_ARGS)}")
+    if "config" not in args:
+        raise InputError("app args: `config` (the YAML config's path) is required")
+    for key, value in args.items():
+        if isinstance(value, bool) or not isinstance(value, APP_ARGS[key]):
+            raise InputError(f"app args: {key} has the wrong type ({type(value).__name__}: {value!r})")
+    overrides = args.get("overrides", [])
+    if not all(isinstance(o, str) and "=" in o for o in overrides):
+        raise InputError(f"app args: overrides must be key=value strings, got {overrides!r}")
+    options = {k: args[k] for k in ("partitions", "cpus_per_replica", "max_upload_bytes") if k in args}
+    parsed = AppArgs(config=args["config"], overrides=list(overrides), **options)
+    if parsed.partitions < 1:
+        raise InputError(f"app args: partitions must be >= 1, got {parsed.partitions}")
+    if parsed.cpus_per_replica <= 0:
+        raise InputError(f"app args: cpus_per_replica must be > 0, got {parsed.cpus_per_replica}")
+    if parsed.max_upload_bytes < 1:
+        raise InputError(f"app args: max_upload_bytes must be >= 1, got {parsed.max_upload_bytes}")
+    return parsed
+
+
+def app_builder(args: dict) -> serve.Application:
+    """The Serve application builder for a Serve config (``import_path: hashing.serving_app:app_builder``,
+    as ``infra/rayservice.yaml``): ``args`` as ``parse_app_args`` -> the config (``load_config(config,
+    overrides)``; its S3 endpoint made the process's) -> ``plan_service`` (the model version pinned now:
+    ``search.version``, else ``search.alias``, default ``champion``) -> ``build_app``.
+
+    Serve calls it whenever the application is deployed (a new cluster, a changed config): that is when
+    the version to serve is resolved.
+    """
+    from hashing.config_loader import load_config
+
+    parsed = parse_app_args(args)
+    config = load_config(parsed.config, parsed.overrides)
+    storage.use_s3_endpoint(config.storage.s3_endpoint)
+    plan = plan_service(config, parsed.partitions, num_cpus=float(parsed.cpus_per_replica),
+                        max_upload_bytes=parsed.max_upload_bytes)
+    log.info("app_builder: serving models:/%s/%d (%d partitions)", plan.model_name, plan.model_version,
+             len(plan.partitions))
+    return build_app(plan)
 
 
 def start_service(plan: ServicePlan, host: str = "127.0.0.1", port: int = 8000) -> str:

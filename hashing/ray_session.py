@@ -13,7 +13,7 @@ LOG_LEVEL_ENV = "HASHING_LOG_LEVEL"
 # Set by ``ray job submit`` in the driver's environment: the job's own runtime_env (and metadata).
 _JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 # Runs in every worker process of the job (``runtime_env``), before it does any work.
-SETUP_HOOK = "hashing.ray_session.quiet_ray_logs"
+SETUP_HOOK = "hashing.ray_session.setup_worker"
 # Ray Train 2.60's controller logs a warning with a full ``GetTimeoutError`` traceback ("Failed to send
 # resource request ...") when its autoscaling coordinator actor takes over 5 s to answer, as it does
 # while a small machine is busy starting the job's workers; nothing depends on it without an autoscaler.
@@ -47,6 +47,18 @@ def quiet_ray_logs() -> None:
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
+def setup_worker() -> None:
+    """The job's ``worker_process_setup_hook``: ``quiet_ray_logs``, and ``RAY_ADDRESS`` pinned to the
+    cluster this worker belongs to. Ray's own actors (Ray Train's ``PlacementGroupCleaner``) query the
+    state API without an address; where several Ray instances run on one machine (a test session, a
+    ``ray start`` head beside a job's own local Ray) that lookup fails with "Found multiple active Ray
+    instances" and a traceback in the job's output."""
+    import ray
+
+    quiet_ray_logs()
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+
+
 def quiet_ray_output() -> None:
     """Ray's INFO logs and Ray Data's operator progress bars off in this process, unless the job runs at
     DEBUG (``HASHING_LOG_LEVEL``, set by ``--log-level`` / ``-v``). Called after ``import ray``: Ray sets
@@ -74,7 +86,7 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
     (``address="local"``), so a plain run never attaches to someone else's cluster by accident.
     A local instance's workers inherit this process's environment; the workers of a cluster get the
     S3 endpoint variables through the job's ``runtime_env`` (``worker_env_vars``). Every worker runs
-    ``quiet_ray_logs`` first (``SETUP_HOOK``), unless a submitted job brings its own setup hook.
+    ``setup_worker`` first (``SETUP_HOOK``), unless a submitted job brings its own setup hook.
     """
     import ray
 

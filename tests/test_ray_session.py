@@ -164,3 +164,49 @@ def test_quiet_ray_output_turns_ray_info_and_data_progress_pages_off_unless_debu
     assert not (context.enable_progress_bars or context.enable_operator_progress_bars
                 or context.print_on_execution_start)
     assert ray_logger.level == logging.WARNING
+
+
+OTHER_RAY = """
+import sys, time, ray
+ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+print("up", flush=True)
+sys.stdin.read()  # until the test closes stdin
+ray.shutdown()
+"""
+
+STATE_QUERY_IN_A_WORKER = """
+import os, ray
+from hashing import ray_session
+
+ray_session.init_ray(None, 2)
+
+@ray.remote(num_cpus=0.5)
+def own_cluster_actors():
+    from ray.util.state import list_actors
+    list_actors()  # no address: what Ray Train's PlacementGroupCleaner does
+    return os.environ["RAY_ADDRESS"]
+
+assert ray.get(own_cluster_actors.remote()) == ray.get_runtime_context().gcs_address
+print("state api ok", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_workers_query_their_own_cluster_when_several_rays_run_on_the_machine(tmp_path) -> None:
+    """With a second Ray on the machine, the state API in a job's worker (as Ray Train's
+    PlacementGroupCleaner calls it, without an address) answers for the job's own cluster instead of
+    failing with "Found multiple active Ray instances"."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    other = subprocess.Popen([sys.executable, "-c", OTHER_RAY], env=env, cwd=tmp_path, text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert other.stdout.readline().strip() == "up"
+        proc = subprocess.run([sys.executable, "-c", STATE_QUERY_IN_A_WORKER], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=180, check=False)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-3000:]
+        assert "state api ok" in out and "multiple active Ray instances" not in out
+    finally:
+        other.stdin.close()
+        other.wait(timeout=60)

@@ -128,11 +128,13 @@ def test_a_missing_model_or_alias_is_a_clear_error(tiny_dataset: str, tmp_path: 
 
 
 def test_the_nightly_schedule_runs_a_command_encode_accepts(capsys: pytest.CaptureFixture[str]) -> None:
-    """The RayJob in infra/cronjob-nightly-encode.yaml: flags and overrides parse (``--print-config``)."""
+    """The RayJob in infra/cronjob-nightly-encode.yaml: its first step (the nightly encode) parses
+    (``--print-config``)."""
     (configmap,) = [d for d in yaml.safe_load_all((REPO / "infra/cronjob-nightly-encode.yaml").read_text())
                     if d and d["kind"] == "ConfigMap"]
     entrypoint = yaml.safe_load(configmap["data"]["rayjob.yaml"])["spec"]["entrypoint"]
-    python, script, *args = shlex.split(entrypoint.replace("/app/", f"{REPO}/"))
+    first_step = entrypoint.split("&&")[0]  # then encode the challenger, evaluate both, promote
+    python, script, *args = shlex.split(first_step.replace("/app/", f"{REPO}/"))
     assert (python, script, "--nightly" in args) == ("python", f"{REPO}/pipelines/encode.py", True)
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--print-config"])

@@ -106,12 +106,7 @@ def run_cli(config: Config, args: argparse.Namespace) -> int:
             log_training(result, quarantine.result())
             method = load_trained_method(config, manifest, result.checkpoint)
             report = evaluate(method, config, preprocess)
-            model_uri = log_hashing_model(method, config, extra={
-                "dataset": manifest.name, "dataset_fingerprint": manifest.fingerprint})
-            model_name = registered_model_name(config.method.name, manifest.name)
-            version = register_model(model_uri, model_name, CHALLENGER, tags={
-                TAG_DATASET: manifest.name, TAG_DATASET_FINGERPRINT: manifest.fingerprint,
-                "run_id": run.info.run_id})
+            model_uri, model_name, version = register_challenger(method, config, manifest, run.info.run_id)
     except TrainingFailed as exc:
         log.error("%s", exc)
         return 1
@@ -126,6 +121,18 @@ def run_cli(config: Config, args: argparse.Namespace) -> int:
     print(f"checkpoints: {result.path}")
     print("metrics:     " + ", ".join(f"{k}={v:.4f}" for k, v in report.items()))
     return 0
+
+
+def register_challenger(method: HashingMethod, config: Config, manifest: DatasetManifest,
+                        run_id: str) -> tuple[str, str, int]:
+    """Log ``method`` as a model of the active run and register it with alias ``challenger``, tagged
+    with the dataset it was trained on; ``(model URI, registered name, version)``."""
+    model_uri = log_hashing_model(method, config, extra={
+        "dataset": manifest.name, "dataset_fingerprint": manifest.fingerprint})
+    model_name = registered_model_name(config.method.name, manifest.name)
+    version = register_model(model_uri, model_name, CHALLENGER, tags={
+        TAG_DATASET: manifest.name, TAG_DATASET_FINGERPRINT: manifest.fingerprint, "run_id": run_id})
+    return model_uri, model_name, version
 
 
 def fit_baseline(config: Config, manifest: DatasetManifest, tracking_uri: str) -> int:
@@ -158,12 +165,7 @@ def fit_baseline(config: Config, manifest: DatasetManifest, tracking_uri: str) -
         ceiling = cosine_ranking_report(q_feats, db_feats, q_labels, db_labels, config.evaluate.topk,
                                         config.evaluate.ndcg_k)
         mlflow.log_metrics({f"float_ceiling/{metric_key(k)}": v for k, v in ceiling.items()})
-        model_uri = log_hashing_model(method, config, extra={
-            "dataset": manifest.name, "dataset_fingerprint": manifest.fingerprint})
-        model_name = registered_model_name(config.method.name, manifest.name)
-        version = register_model(model_uri, model_name, CHALLENGER, tags={
-            TAG_DATASET: manifest.name, TAG_DATASET_FINGERPRINT: manifest.fingerprint,
-            "run_id": run.info.run_id})
+        model_uri, model_name, version = register_challenger(method, config, manifest, run.info.run_id)
     print(f"run:         {run.info.run_id} (experiment {run.info.experiment_id}) at {tracking_uri}")
     print(f"model:       models:/{model_name}/{version} (@{CHALLENGER}), {model_uri}")
     print("metrics:     " + ", ".join(f"{k}={v:.4f}" for k, v in report.items()))

@@ -42,7 +42,7 @@ from ray import serve
 from hashing import storage, tracking
 from hashing.code_shards import CodeShardError, list_parts, load_split, part_name
 from hashing.config import Config
-from hashing.data.schema import load_manifest
+from hashing.data.schema import label_names, load_manifest
 from hashing.errors import InputError
 
 log = logging.getLogger("serve")
@@ -118,12 +118,6 @@ def plan_service(config: Config, partitions: int, split: str = "database", **opt
                        codes_uri=codes_uri, split=split, partitions=groups, classes=manifest.classes,
                        tracking_uri=tracking_uri, s3_endpoint=config.storage.s3_endpoint,
                        default_k=config.search.k, other_split=other, **options)
-
-
-def _label_names(labels: list[int] | None, classes: list[str] | None) -> list[str]:
-    if labels is None:
-        return []
-    return [classes[i] if classes is not None and 0 <= i < len(classes) else str(i) for i in labels]
 
 
 class ServiceError(Exception):
@@ -293,7 +287,7 @@ class Search:
             if i < 0:
                 continue
             key, labels = local[i]
-            names = _label_names(labels, self.plan.classes)
+            names = label_names(labels, self.plan.classes)
             results.append({"key": key, "distance": int(d), "labels": names})
         return {"model": self.plan.model_name, "version": self.plan.model_version, "results": results}
 

@@ -166,6 +166,15 @@ class DatasetManifest(BaseModel):
         return [storage.join(root, s.path) for s in self.split(split).shards]
 
 
+def label_names(labels, classes: list[str] | None) -> list[str]:
+    """Class names of the label indices ``labels`` (int[L], a list or an array; the indices themselves
+    without ``classes``); ``[]`` when the labels are unknown (``None``)."""
+    if labels is None:
+        return []
+    return [classes[i] if classes is not None and 0 <= i < len(classes) else str(i)
+            for i in map(int, labels)]
+
+
 def manifest_uri(root: str) -> str:
     """URI of ``dataset.json`` under ``root``."""
     return storage.join(root, MANIFEST_NAME)

@@ -38,7 +38,7 @@ from hashing import registry, storage, tracking
 from hashing.code_shards import CodeShardError, SplitCodes, list_parts, load_split, part_name
 from hashing.codes import pack_signs
 from hashing.config import Config
-from hashing.data.schema import DatasetManifest, load_manifest
+from hashing.data.schema import DatasetManifest, label_names, load_manifest
 from hashing.data.tags import TagVocabulary
 from hashing.data.transforms import decode_image
 from hashing.errors import InputError, MissingError
@@ -148,7 +148,7 @@ def run_search(config: Config, key: str | None = None, image: str | None = None,
     index = build_index(codes, codes_uri, split, config)
     distances, ids = index.search(query, config.search.k)
     classes = manifest.classes if manifest is not None else None
-    hits = [Hit(rank, str(codes.keys[i]), int(d), _label_names(codes.labels[i], classes))
+    hits = [Hit(rank, str(codes.keys[i]), int(d), label_names(codes.labels[i], classes))
             for rank, (d, i) in enumerate(zip(distances[0], ids[0], strict=True), start=1) if i >= 0]
     return SearchResult(model, codes_uri, split, len(codes), config.search.backend, described, hits)
 
@@ -170,13 +170,6 @@ def build_index(codes: SplitCodes, codes_uri: str, split: str, config: Config) -
     storage.write_bytes(stored, index.serialized())
     log.info("faiss-ivf index built and kept at %s", stored)
     return index
-
-
-def _label_names(labels: np.ndarray | None, classes: list[str] | None) -> list[str]:
-    """Class names of label indices (the indices themselves without ``classes``); ``[]`` when unknown."""
-    if labels is None:
-        return []
-    return [classes[i] if classes is not None and 0 <= i < len(classes) else str(i) for i in labels.tolist()]
 
 
 def _manifest(config: Config, required: bool) -> DatasetManifest | None:

@@ -173,8 +173,9 @@ JOBS: dict[str, JobSpec] = {
     "train": JobSpec("train", train_parser, prepare_train),
     "encode": JobSpec("encode", encode_parser),
     "evaluate": JobSpec("evaluate", evaluate_parser),
-    "promote": JobSpec("promote", promote_parser),
-    "search": JobSpec("search", search_parser),
+    # run_promote / run_search check the tracking server themselves (they are library calls too)
+    "promote": JobSpec("promote", promote_parser, tracking=False),
+    "search": JobSpec("search", search_parser, tracking=False),
     "demo": JobSpec("demo", demo_parser, prepare_demo, tracking=False),
     "serve": JobSpec("serve", serve_parser),
 }

@@ -51,7 +51,7 @@ from hashing.config import Config, ConfigError
 from hashing.data.read import decode_shard
 from hashing.data.schema import DatasetManifest
 from hashing.encoding import Encoder, ShardEncoder, ShardRef
-from hashing.train_worker import build_training_method
+from hashing.methods import from_config
 from pipelines.encode import run_encode
 
 log = logging.getLogger("bench.encode")
@@ -66,7 +66,7 @@ def prepare(workdir: Path, config_path: str, preset: str, overrides: list[str]) 
     config, manifest = builtin_config(workdir, config_path, preset, overrides)
     tracking.setup_tracking(config)
     tracking.set_experiment(config, manifest.name)
-    method = build_training_method(config, len(manifest.classes), len(manifest.tags or []))
+    method = from_config(config, len(manifest.classes), len(manifest.tags or []))
     with mlflow.start_run(run_name="bench-encode-model"):
         uri = tracking.log_hashing_model(method, config)
     name = tracking.registered_model_name(config.method.name, manifest.name)

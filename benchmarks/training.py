@@ -44,7 +44,7 @@ from benchmarks.common import builtin_config, machine, markdown_table
 from hashing.config import Config, ConfigError
 from hashing.data.read import TORCH_COLUMNS, RemoteQuarantine, iter_split
 from hashing.data.schema import DatasetManifest
-from hashing.train_worker import build_training_method
+from hashing.methods import from_config
 from hashing.training import fit
 from pipelines import train as train_job
 
@@ -70,7 +70,7 @@ def plain_run(config: Config, manifest: DatasetManifest, in_memory: bool = False
                 steps.append((step_start, time.time()))  # resumed: the step on this batch is done
                 rows = []
 
-    method = build_training_method(config, len(manifest.classes), len(manifest.tags or []))
+    method = from_config(config, len(manifest.classes), len(manifest.tags or []))
     fit(method, batches, config.train.epochs, config.train.lr, config.train.weight_decay,
         config.train.lr_step_every, config.train.lr_gamma)
     return {"start": start, "end": time.time(), "steps": steps, "global_batch": batch_size}

@@ -31,10 +31,9 @@ from torch import nn
 
 from hashing.checkpoints import Progress, Stateful, load_training_state, save_training_state
 from hashing.config import Config, validate_config
-from hashing.methods import build_method
+from hashing.methods import from_config
 from hashing.methods.base import Batch, HashingMethod
 from hashing.methods.distributed import world
-from hashing.models import build_backbone
 from hashing.training import lr_step_size, make_optimizers, make_schedulers, train_step
 
 log = logging.getLogger(__name__)
@@ -42,29 +41,6 @@ log = logging.getLogger(__name__)
 TRAIN_DATASET = "train"
 # Rows each worker keeps in Ray Data's local shuffle buffer, in batches.
 SHUFFLE_BUFFER_BATCHES = 4
-
-
-def build_training_method(config: Config, num_classes: int, tag_vocab_size: int,
-                          tag_vocabulary: list[str] | None = None) -> HashingMethod:
-    """The method ``config.method`` over ``config.model`` for a dataset of ``num_classes`` classes and
-    ``tag_vocab_size`` tag words, initialised from ``config.run.seed`` (identical on every worker).
-
-    ``tag_vocabulary``: the tag words, for a method that embeds them (DSMHN with
-    ``text_encoder: minilm``: ``set_tag_vocabulary``); a loaded model gets them from its state dict.
-    """
-    torch.manual_seed(config.run.seed)
-    method = build_method(
-        config.method.name,
-        backbone=build_backbone(config.model.backbone, pretrained=bool(config.model.pretrained),
-                                spatial_grid=config.model.spatial_grid),
-        bits=config.model.bits,
-        num_classes=num_classes,
-        tag_vocab_size=tag_vocab_size,
-        **config.method.params,
-    )
-    if tag_vocabulary is not None and hasattr(method, "set_tag_vocabulary"):
-        method.set_tag_vocabulary(list(tag_vocabulary))
-    return method
 
 
 @dataclass
@@ -242,8 +218,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     config = validate_config(loop_config["config"], "train loop config")
     device = ray.train.torch.get_device()
-    method = build_training_method(config, loop_config["num_classes"], loop_config["tag_vocab_size"],
-                                   loop_config.get("tag_vocabulary"))
+    method = from_config(config, loop_config["num_classes"], loop_config["tag_vocab_size"],
+                         loop_config.get("tag_vocabulary"))
     state = make_train_state(method, config, device, total_steps(config, loop_config.get("train_samples", 0)))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:

@@ -18,10 +18,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hashing.checkpoints import save_training_state
 from hashing.config import Config, load_config
+from hashing.methods import from_config
 from hashing.methods.idhn import IDHN
 from hashing.models.small_cnn import CachedFeatures
 from hashing.train_worker import (
-    build_training_method,
     checkpoint_name,
     global_mean,
     make_train_state,
@@ -68,10 +68,10 @@ def _params(module: torch.nn.Module) -> list[torch.Tensor]:
 
 def test_run_epoch_matches_the_plain_single_process_fit() -> None:
     config = _config()
-    reference = build_training_method(config, num_classes=10, tag_vocab_size=0)
+    reference = from_config(config, num_classes=10, tag_vocab_size=0)
     history = fit(reference, _batches, epochs=2, lr=config.train.lr, lr_step_every=4, lr_gamma=0.5)
 
-    state = make_train_state(build_training_method(config, 10, 0), config)
+    state = make_train_state(from_config(config, 10, 0), config)
     rows = [run_epoch(state, _batches(epoch)) for epoch in range(2)]
 
     assert [r["epoch"] for r in rows] == [0.0, 1.0]
@@ -87,7 +87,7 @@ def test_run_epoch_matches_the_plain_single_process_fit() -> None:
 
 def test_mid_epoch_checkpoint_resumes_to_the_same_result(tmp_path: Path) -> None:
     config = _config()
-    uninterrupted = make_train_state(build_training_method(config, 10, 0), config)
+    uninterrupted = make_train_state(from_config(config, 10, 0), config)
     for epoch in range(2):
         run_epoch(uninterrupted, _batches(epoch))
 
@@ -98,14 +98,14 @@ def test_mid_epoch_checkpoint_resumes_to_the_same_result(tmp_path: Path) -> None
         save_training_state(tmp_path / checkpoint_name(state.progress), state.method, state.stateful(),
                             state.progress)
 
-    crashed = make_train_state(build_training_method(config, 10, 0), config)
+    crashed = make_train_state(from_config(config, 10, 0), config)
     run_epoch(crashed, _batches(0), checkpoint_every=5, on_checkpoint=save)
     run_epoch(crashed, _batches(1)[:3], checkpoint_every=5, on_checkpoint=save)  # "dies" after step 9
     assert saved_at == [5]
     assert (tmp_path / "epoch0000-step00000005").is_dir()
 
     # A new worker (different init seed) resumes from the step-5 checkpoint: epoch 0, 5 of 6 batches done.
-    resumed = make_train_state(build_training_method(_config(**{"run.seed": 11}), 10, 0), config)
+    resumed = make_train_state(from_config(_config(**{"run.seed": 11}), 10, 0), config)
     resume(resumed, str(tmp_path / "epoch0000-step00000005"))
     assert (resumed.progress.epoch, resumed.progress.step, resumed.progress.batch_in_epoch) == (0, 5, 5)
     assert resumed.progress.resumed_from_step == 5
@@ -121,7 +121,7 @@ def test_mid_epoch_checkpoint_resumes_to_the_same_result(tmp_path: Path) -> None
 
 def test_checkpoint_hook_runs_every_n_global_steps() -> None:
     config = _config()
-    state = make_train_state(build_training_method(config, 10, 0), config)
+    state = make_train_state(from_config(config, 10, 0), config)
     steps: list[int] = []
     for epoch in range(2):
         run_epoch(
@@ -132,7 +132,7 @@ def test_checkpoint_hook_runs_every_n_global_steps() -> None:
 
 def test_an_epoch_without_batches_is_a_clear_error() -> None:
     config = _config()
-    state = make_train_state(build_training_method(config, 10, 0), config)
+    state = make_train_state(from_config(config, 10, 0), config)
     with pytest.raises(ValueError, match="train.batch_size"):
         run_epoch(state, [])
 

@@ -38,7 +38,7 @@ from hashing.data.schema import DatasetManifest, load_manifest
 from hashing.data.transforms import Preprocess
 from hashing.errors import InputError
 from hashing.evaluation import evaluate_codes, log_evaluation, metric_key
-from hashing.methods import method_class
+from hashing.methods import from_config, method_class
 from hashing.methods.base import HashingMethod
 from hashing.methods.shallow import ShallowHashing, cosine_ranking_report
 from hashing.models import build_backbone
@@ -56,7 +56,7 @@ from hashing.tracking import (
     set_experiment,
     setup_tracking,
 )
-from hashing.train_worker import TRAIN_DATASET, build_training_method, train_loop_per_worker
+from hashing.train_worker import TRAIN_DATASET, train_loop_per_worker
 from hashing.training import encode_batches
 
 log = logging.getLogger("train")
@@ -141,7 +141,7 @@ def fit_baseline(config: Config, manifest: DatasetManifest, tracking_uri: str) -
     import time
 
     preprocess = make_preprocess(config)
-    method = build_training_method(config, len(manifest.classes), len(manifest.tags or []))
+    method = from_config(config, len(manifest.classes), len(manifest.tags or []))
     assert isinstance(method, ShallowHashing)
     with mlflow.start_run(run_name=config.run.name) as run:
         log_config(config)
@@ -258,7 +258,7 @@ def log_training(result, quarantine: Quarantine) -> None:
 
 def load_trained_method(config: Config, manifest: DatasetManifest, checkpoint) -> HashingMethod:
     """The method with the weights of the run's last checkpoint (eval mode, CPU)."""
-    method = build_training_method(config, len(manifest.classes), len(manifest.tags or []))
+    method = from_config(config, len(manifest.classes), len(manifest.tags or []), pretrained=False)
     with checkpoint.as_directory() as folder:
         progress = load_training_state(folder, method)
     log.info("final model from the checkpoint at step %d", progress.step)

@@ -30,7 +30,7 @@ from hashing.data.read import iter_shard, iter_split
 from hashing.data.schema import DatasetManifest, load_manifest, write_manifest
 from hashing.data.shards import ShardWriter
 from hashing.encoding import Encoder
-from hashing.train_worker import build_training_method
+from hashing.methods import from_config
 from pipelines.encode import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,7 +60,7 @@ def _register(root: Path, dataset: str, seed: int) -> torch.nn.Module:
     manifest = load_manifest(dataset)
     tracking.setup_tracking(config)
     tracking.set_experiment(config, manifest.name)
-    method = build_training_method(config, len(manifest.classes), len(manifest.tags or []))
+    method = from_config(config, len(manifest.classes), len(manifest.tags or []))
     with mlflow.start_run():
         uri = tracking.log_hashing_model(method, config)
     version = tracking.register_model(uri, MODEL_NAME, alias=tracking.CHALLENGER)
@@ -296,7 +296,8 @@ def test_a_bad_sample_fails_strict_mode_and_is_quarantined_otherwise(
 @pytest.fixture(scope="module")
 def small_shards_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The tiny dataset in shards of 4 samples (144 query + database parts): many parts to kill between."""
-    from pipelines.ingest import builtin_source, ingest
+    from hashing.data.ingest import ingest
+    from hashing.data.sources import builtin_source
 
     root = str(tmp_path_factory.mktemp("small-shards") / "builtin-tiny")
     classes, tags, total, records = builtin_source("tiny", seed=0)

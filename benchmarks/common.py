@@ -77,8 +77,9 @@ def builtin_config(workdir: Path, config_path: str, preset: str,
     """Ingest the built-in ``preset`` under ``workdir`` (once; a rerun reuses it) and load ``config_path``
     pointed at it, runs under ``workdir``; return (config, manifest)."""
     from hashing.config import load_config
+    from hashing.data.ingest import ingest
     from hashing.data.schema import load_manifest
-    from pipelines.ingest import builtin_source, ingest
+    from hashing.data.sources import builtin_source
 
     dataset = workdir / f"builtin-{preset}"
     config = load_config(config_path, [f"run.root={workdir}", f"dataset.builtin={preset}",

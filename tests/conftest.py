@@ -138,7 +138,8 @@ def s3_bucket(s3_env: str) -> str:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Root folder of the built-in ``tiny`` dataset (seed 0), ingested once per session."""
-    from pipelines.ingest import builtin_source, ingest
+    from hashing.data.ingest import ingest
+    from hashing.data.sources import builtin_source
 
     root = str(tmp_path_factory.mktemp("tiny") / "builtin-tiny")
     classes, tags, total, records = builtin_source("tiny", seed=0)

@@ -30,7 +30,8 @@ JOB = textwrap.dedent("""
     from hashing import storage
     from hashing.data.read import read_split
     from hashing.data.transforms import Preprocess
-    from pipelines.ingest import builtin_source, ingest
+    from hashing.data.ingest import ingest
+    from hashing.data.sources import builtin_source
 
     temp_dir, root = sys.argv[1], sys.argv[2]
     classes, tags, total, records = builtin_source("tiny", seed=0)

@@ -66,6 +66,13 @@ def decode_image(data: bytes, name_for_errors: str, max_pixels: int | None = Non
         raise ImageDecodeError(message) from None
 
 
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of ``image`` uint8[H, W] or uint8[H, W, 3] (deterministic for the same pixels)."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _to_rgb8(img: Image.Image) -> np.ndarray:
     """uint8[H, W, 3] of a loaded image; 16/32-bit integer grey is scaled down to 8 bits first."""
     if img.mode.startswith("I"):  # "I;16", "I;16B", "I" (16-bit PNGs load as one of these)

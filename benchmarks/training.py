@@ -81,8 +81,9 @@ def timed_train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     ``loop_start`` (the worker entered the loop) and ``model_ready`` (model built, DDP-wrapped, checkpoint
     restored: the first ``run_epoch`` call), all ``time.time()`` seconds."""
     import hashing.train_worker as worker
+    import hashing.training as loop
 
-    original_step, original_epoch = worker.train_step, worker.run_epoch
+    original_step, original_epoch = loop.train_step, worker.run_epoch
     marks: dict[str, float] = {"loop_start": time.time()}
     step_times: list[tuple[float, float]] = []
 
@@ -96,11 +97,11 @@ def timed_train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
         marks.setdefault("model_ready", time.time())
         return original_epoch(*args, **kwargs)
 
-    worker.train_step, worker.run_epoch = timed_step, marked_epoch
+    loop.train_step, worker.run_epoch = timed_step, marked_epoch  # run_epoch calls loop.train_step
     try:
         result = worker.train_loop_per_worker(loop_config)
     finally:
-        worker.train_step, worker.run_epoch = original_step, original_epoch
+        loop.train_step, worker.run_epoch = original_step, original_epoch
     return {**result, **marks, "step_times": step_times}
 
 

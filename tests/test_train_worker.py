@@ -1,4 +1,5 @@
-"""hashing/train_worker.py without a Ray cluster: the epoch loop, resuming, and DDP over gloo.
+"""The loop the Ray Train worker runs (``hashing.training``) without a Ray cluster: epochs, resuming from a
+mid-epoch checkpoint (``hashing.train_worker.checkpoint_name``), and DDP over gloo.
 
 Data: scikit-learn's real handwritten digits (8x8, 10 classes) as 3-channel images with one-hot labels.
 """
@@ -21,14 +22,8 @@ from hashing.config import Config, load_config
 from hashing.methods import from_config
 from hashing.methods.idhn import IDHN
 from hashing.models.small_cnn import CachedFeatures
-from hashing.train_worker import (
-    checkpoint_name,
-    global_mean,
-    make_train_state,
-    resume,
-    run_epoch,
-)
-from hashing.training import fit
+from hashing.train_worker import checkpoint_name
+from hashing.training import fit, global_mean, make_train_state, resume, run_epoch
 
 ROWS, BATCH = 96, 16  # 6 batches per epoch
 
@@ -66,7 +61,7 @@ def _params(module: torch.nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in module.state_dict().values()]
 
 
-def test_run_epoch_matches_the_plain_single_process_fit() -> None:
+def test_fit_is_run_epoch_per_epoch_under_the_configured_schedule() -> None:
     config = _config()
     reference = from_config(config, num_classes=10, tag_vocab_size=0)
     history = fit(reference, _batches, epochs=2, lr=config.train.lr, lr_step_every=4, lr_gamma=0.5)
@@ -75,10 +70,13 @@ def test_run_epoch_matches_the_plain_single_process_fit() -> None:
     rows = [run_epoch(state, _batches(epoch)) for epoch in range(2)]
 
     assert [r["epoch"] for r in rows] == [0.0, 1.0]
+    assert [r["step"] for r in rows] == [6.0, 12.0]
     assert [r["steps"] for r in rows] == [6.0, 6.0] and state.progress.step == 12
+    assert set(rows[0]) == {"epoch", "step", "steps", "loss", "pairwise", "quantization"}
+    # fit's rows: the same rows plus the lr at the end of each epoch (decays after steps 4, 8, 12)
     for row, ref in zip(rows, history, strict=True):
-        for key in ("loss", "pairwise", "quantization"):
-            assert row[key] == pytest.approx(ref[key], rel=1e-5)
+        assert {k: v for k, v in ref.items() if k != "lr"} == pytest.approx(row, rel=1e-5)
+    assert [ref["lr"] for ref in history] == pytest.approx([3e-3 * 0.5, 3e-3 * 0.5**3])
     assert state.progress.epoch_losses == rows and state.progress.epoch == 2
     for a, b in zip(_params(state.method), _params(reference), strict=True):
         torch.testing.assert_close(a, b)

@@ -125,7 +125,7 @@ def test_fit_lowers_loss_and_halves_lr_on_schedule():
     assert [h["steps"] for h in history] == [3, 3, 3, 3]
     assert [h["lr"] for h in history] == pytest.approx([1e-2, 5e-3, 5e-3, 2.5e-3])
     assert history[-1]["loss"] < history[0]["loss"]
-    with pytest.raises(ValueError, match="no batches"):
+    with pytest.raises(ValueError, match="no batch to train"):
         fit(method, lambda epoch: [], epochs=1, lr=1e-3)
 
 

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hashing.cli_args import config_parser
+from hashing.data.splits import RETRIEVAL_SPLITS, SPLITS
 from hashing.jobs.runner import JobSpec, run_job
 from hashing.jobs.serve import serve_parser
 
 DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-SEARCH_SPLITS = ("database", "query")
 
 
 def _parser(job: str, description: str) -> argparse.ArgumentParser:
@@ -48,7 +48,7 @@ def ingest_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="folder source: labels file (.csv, or .jsonl JSON Lines): ingest.labels")
     p.add_argument("--classes",
                    help="folder source: a,b,c or a .txt file with one class per line: ingest.classes")
-    p.add_argument("--split", choices=["train", "query", "database"],
+    p.add_argument("--split", choices=SPLITS,
                    help="folder source: split of rows without one: ingest.split")
     p.add_argument("--name", help="dataset name (default: builtin-PRESET, or the labels file's folder name): "
                    "dataset.name")
@@ -151,7 +151,7 @@ def search_parser() -> argparse.ArgumentParser:
     what.add_argument("--key", help="a sample key in the database or query codes")
     what.add_argument("--image", metavar="PATH", help="an image file (local path or s3://)")
     what.add_argument("--text", help='comma-separated tags, e.g. "dress, handbag" (multimodal models only)')
-    p.add_argument("--split", choices=SEARCH_SPLITS, default="database", help="the split searched")
+    p.add_argument("--split", choices=RETRIEVAL_SPLITS, default="database", help="the split searched")
     p.add_argument("--allow-partial", action="store_true",
                    help="search the code parts there are when some shards have none (says how many)")
     p.add_argument("--format", choices=["text", "json"], default="text",

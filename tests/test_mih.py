@@ -211,13 +211,10 @@ def test_the_scale_benchmark_runs_on_tiny_sizes_with_identical_results(capsys: p
 
 
 def test_the_search_job_builds_an_mih_index_over_the_code_shards(tmp_path) -> None:
-    """The search job's build_index with search.backend=mih: the ranking of the default faiss backend."""
+    """hashing.retrieval.build_index (the search job's index) with search.backend=mih: the ranking of the
+    default faiss backend."""
     from hashing.config import Config
-
-    try:
-        from hashing.jobs.search import build_index  # the job's home since the jobs moved under hashing/
-    except ImportError:
-        from pipelines.search import build_index
+    from hashing.retrieval import build_index
 
     rng = np.random.default_rng(10)
     centres = rng.integers(0, 2, (4, 64), dtype=np.uint8)

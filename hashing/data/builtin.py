@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hashing.data.fashion_mnist import load_fashion_mnist
+from hashing.data.splits import SPLITS
 from hashing.errors import InputError
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -55,7 +56,6 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 # Presets of one item (one label) per image; the others are multi-label mosaics.
 SINGLE_LABEL_PRESETS = frozenset({"single"})
-SPLITS = ("train", "query", "database")
 # split -> (Fashion-MNIST part, first source index, end source index)
 _SOURCES = {"train": ("train", 0, 60000), "query": ("test", 0, 2000), "database": ("test", 2000, 10000)}
 _SPLIT_IDS = {"train": 0, "query": 1, "database": 2}

@@ -26,10 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hashing import storage
 from hashing.data.quarantine import BadKind
+from hashing.data.splits import SPLITS
 from hashing.errors import InputError, NotFoundError, UserError
 
 SCHEMA_VERSION = 1
-SPLITS = ("train", "query", "database")
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # A shard path relative to the dataset root: folders and a .tar file, no segment starting with a dot

@@ -28,7 +28,6 @@ from hashing.data.read import decode_sample
 from hashing.data.schema import (
     KEY_PATTERN,
     QUARANTINE_NAME,
-    SPLITS,
     DatasetManifest,
     ShardInfo,
     SplitInfo,
@@ -36,6 +35,7 @@ from hashing.data.schema import (
     sample_json,
     write_manifest,
 )
+from hashing.data.splits import SPLITS
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hashing.data.quarantine import BadKind, BadSample
-from hashing.data.schema import SPLITS, image_extension
+from hashing.data.schema import image_extension
 from hashing.data.shards import Record
+from hashing.data.splits import SPLITS
 from hashing.data.transforms import ImageDecodeError, ImageTooLargeError, decode_image, encode_png
 from hashing.errors import InputError, NotFoundError
 

@@ -19,7 +19,8 @@ from hashing import storage
 from hashing.data.builtin import PRESETS, builtin_samples
 from hashing.data.quarantine import BadInputError, TooManyBadSamplesError
 from hashing.data.read import iter_split
-from hashing.data.schema import SPLITS, load_manifest
+from hashing.data.schema import load_manifest
+from hashing.data.splits import SPLITS
 from hashing.data.tags import TagVocabulary
 from pipelines import ingest
 

@@ -6,9 +6,15 @@ PIP := $(PY) -m pip
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup chromium demo test test-fast lint clean
 
-setup: $(VENV)/.installed $(FASHION_MNIST)
+setup: $(VENV)/.installed $(FASHION_MNIST) chromium
+
+# A headless browser for the web page's test (tests/pipelines/test_serve_page.py).
+chromium:
+	@command -v chromium >/dev/null || { echo "Installing the Debian package chromium (browser test)..."; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium \
+	  || { echo "ERROR: could not install chromium; tests/pipelines/test_serve_page.py needs it"; exit 1; }; }
 
 $(FASHION_MNIST):
 	@echo "Installing the Debian package dataset-fashion-mnist (built-in demo data)..."

@@ -20,6 +20,8 @@ HTTP (JSON answers ``{"model": name, "version": v, "results": [{"key", "distance
   the query split, as ``hashing search --key``).
 - ``POST /search/image?k=K`` with the image file as the body (PNG/JPEG/WebP).
 - ``GET /health``: the model, the split, its size and the partitions.
+- ``GET /``: the web page (``hashing/web/index.html``): a search form, the results as thumbnails.
+- ``GET /thumbnail?key=KEY``: the stored image of a dataset sample as PNG (``hashing.thumbnails``).
 
 Bad requests get a 4xx JSON ``{"error": message}``: k outside ``[1, max_k]`` 400, a body that is not an
 image 400, an upload over ``max_upload_bytes`` 413 (an image over the pixel limit too), an unknown key 404.
@@ -36,14 +38,16 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
 from hashing import storage, tracking
 from hashing.code_shards import CodeShardError, list_parts, load_split, part_name
 from hashing.config import Config
 from hashing.data.schema import label_names, load_manifest
-from hashing.errors import InputError
+from hashing.errors import InputError, UserError
+from hashing.thumbnails import ThumbnailStore, UnknownKeyError
+from hashing.web import index_html
 
 log = logging.getLogger("serve")
 
@@ -74,6 +78,7 @@ class ServicePlan:
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     num_cpus: float = DEFAULT_CPUS
     other_split: str | None = field(default="query")
+    dataset_uri: str | None = None  # where /thumbnail reads the stored images (None: not served)
 
 
 def split_contiguous(items: list, n: int) -> list[list]:
@@ -114,7 +119,7 @@ def plan_service(config: Config, partitions: int, split: str = "database", **opt
     groups = split_contiguous(shards, partitions)
     other = next(s for s in ("database", "query") if s != split)
     return ServicePlan(model_name=model.name or model.uri, model_version=model.version or 0,
-                       model_uri=model.uri,
+                       model_uri=model.uri, dataset_uri=config.dataset.uri,
                        codes_uri=codes_uri, split=split, partitions=groups, classes=manifest.classes,
                        tracking_uri=tracking_uri, s3_endpoint=config.storage.s3_endpoint,
                        default_k=config.search.k, other_split=other, **options)
@@ -180,6 +185,8 @@ class Search:
         self.plan = ServicePlan(**plan)
         storage.use_s3_endpoint(self.plan.s3_endpoint)
         mlflow.set_tracking_uri(self.plan.tracking_uri)
+        self.page_html = index_html()
+        self.thumbnails = ThumbnailStore(self.plan.dataset_uri) if self.plan.dataset_uri else None
         from hashing.encoding import Encoder
 
         method, model_config = tracking.load_hashing_model(self.plan.model_uri)
@@ -200,6 +207,20 @@ class Search:
         infos = await asyncio.gather(*[p.info.remote() for p in self.partitions])
         return {"model": self.plan.model_name, "version": self.plan.model_version, "split": self.plan.split,
                 "size": sum(i["size"] for i in infos), "partitions": infos}
+
+    @api.get("/")
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse(self.page_html)
+
+    @api.get("/thumbnail")
+    async def thumbnail(self, key: str = "") -> Response:
+        try:
+            if not key:
+                raise ServiceError(400, "give a key: /thumbnail?key=KEY")
+            png = await asyncio.to_thread(self._thumbnail, key)
+            return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+        except ServiceError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
     @api.get("/search")
     async def by_key(self, key: str = "", k: str | None = None) -> JSONResponse:
@@ -244,6 +265,16 @@ class Search:
                                     f"{self.plan.other_split} codes of {self.plan.model_name} "
                                     f"v{self.plan.model_version}")
         return found
+
+    def _thumbnail(self, key: str) -> bytes:
+        if self.thumbnails is None:
+            raise ServiceError(404, "no dataset in the service's plan: thumbnails are not served")
+        try:
+            return self.thumbnails.png(key)
+        except UnknownKeyError as exc:
+            raise ServiceError(404, str(exc)) from None
+        except UserError as exc:  # the dataset itself is missing or damaged: the service's fault
+            raise ServiceError(500, f"cannot read the image of {key!r}: {exc}") from None
 
     async def _body(self, request: Request) -> bytes:
         limit = self.plan.max_upload_bytes

@@ -45,6 +45,7 @@ from hashing.config import Config, ConfigError
 from hashing.data.read import TORCH_COLUMNS, RemoteQuarantine, iter_split
 from hashing.data.schema import DatasetManifest
 from hashing.methods import from_config
+from hashing.train_eval import make_preprocess
 from hashing.training import fit
 from pipelines import train as train_job
 
@@ -56,7 +57,7 @@ def plain_run(config: Config, manifest: DatasetManifest, in_memory: bool = False
     once, before training; then the steps measure the model alone); step times recorded."""
     start = time.time()
     steps: list[tuple[float, float]] = []
-    preprocess = train_job.make_preprocess(config)
+    preprocess = make_preprocess(config)
     batch_size = config.train.batch_size
     decoded = list(iter_split(config.dataset.uri, "train", preprocess)) if in_memory else None
 
@@ -124,7 +125,7 @@ def ray_run(config: Config, manifest: DatasetManifest, workers: int) -> dict[str
     original_loop = train_job.train_loop_per_worker
     train_job.train_loop_per_worker = timed_train_loop  # what train_job.fit hands to TorchTrainer
     try:
-        data = train_job.read_training_split(config, train_job.make_preprocess(config),
+        data = train_job.read_training_split(config, make_preprocess(config),
                                              RemoteQuarantine(config.data.max_bad_fraction))
         fit_start = time.time()
         result = train_job.fit(config, manifest, data, run_name=f"bench-{workers}w-{int(start)}")

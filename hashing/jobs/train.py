@@ -7,8 +7,9 @@
 Recipe: config -> MLflow tracking -> Ray Data training split -> ``TorchTrainer.fit`` (DDP workers run
 ``hashing.train_worker.train_loop_per_worker``; checkpoints every epoch, and every
 ``train.checkpoint_every_steps`` steps, into ``train.storage_path``; ``train.max_failures`` restarts
-from the last checkpoint) -> final evaluation of query vs database codes -> model logged, registered
-as ``hashing-{method}-{dataset}`` with the alias ``challenger`` -> a summary of where results are.
+from the last checkpoint) -> final evaluation of query vs database codes (``hashing.train_eval``) -> model
+logged, registered as ``hashing-{method}-{dataset}`` with the alias ``challenger`` -> a summary of where
+results are.
 
 Baselines ``method.name=lsh`` / ``itq`` have no gradient steps: ``fit_baseline`` runs the frozen
 backbone over the train split in this process, fits the projection on its pooled features, evaluates
@@ -22,26 +23,20 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Iterator
 
 import mlflow
-import numpy as np
-import torch
 
 from hashing import storage
 from hashing.checkpoints import load_training_state
-from hashing.codes import pack_signs
 from hashing.config import Config, config_to_dict
 from hashing.data.quarantine import Quarantine
-from hashing.data.read import TORCH_COLUMNS, RemoteQuarantine, iter_split, read_split
+from hashing.data.read import TORCH_COLUMNS, RemoteQuarantine, read_split
 from hashing.data.schema import DatasetManifest, load_manifest
 from hashing.data.transforms import Preprocess
-from hashing.errors import InputError
-from hashing.evaluation import evaluate_codes, log_evaluation, metric_key
+from hashing.evaluation import metric_key
 from hashing.methods import from_config, method_class
 from hashing.methods.base import HashingMethod
-from hashing.methods.shallow import ShallowHashing, cosine_ranking_report
-from hashing.models import build_backbone
+from hashing.methods.shallow import ShallowHashing
 from hashing.ray_session import init_ray
 from hashing.tracking import (
     CHALLENGER,
@@ -56,12 +51,10 @@ from hashing.tracking import (
     set_experiment,
     setup_tracking,
 )
+from hashing.train_eval import evaluate, fit_and_evaluate_baseline, make_preprocess
 from hashing.train_worker import TRAIN_DATASET, train_loop_per_worker
-from hashing.training import encode_batches
 
 log = logging.getLogger("train")
-
-EVAL_BATCH_ROWS = 256  # images per forward pass in the final evaluation
 
 
 class TrainingFailed(RuntimeError):
@@ -138,8 +131,6 @@ def register_challenger(method: HashingMethod, config: Config, manifest: Dataset
 def fit_baseline(config: Config, manifest: DatasetManifest, tracking_uri: str) -> int:
     """Fit LSH / ITQ on the backbone's train features, evaluate it and the float-feature ceiling, register
     it."""
-    import time
-
     preprocess = make_preprocess(config)
     method = from_config(config, len(manifest.classes), len(manifest.tags or []))
     assert isinstance(method, ShallowHashing)
@@ -147,24 +138,7 @@ def fit_baseline(config: Config, manifest: DatasetManifest, tracking_uri: str) -
         log_config(config)
         mlflow.set_tags({TAG_JOB: "train", TAG_METHOD: config.method.name, TAG_DATASET: manifest.name,
                          TAG_DATASET_FINGERPRINT: manifest.fingerprint})
-        started = time.perf_counter()
-        train_features, _ = split_features(method, config, "train", preprocess)
-        info = method.fit_features(train_features)
-        mlflow.log_metrics({"train/fit_seconds": time.perf_counter() - started,
-                            "train/samples": float(len(train_features)),
-                            **{f"train/{k}": v for k, v in info.items()}})
-        q_feats, q_labels = split_features(method, config, "query", preprocess)
-        db_feats, db_labels = split_features(method, config, "database", preprocess)
-        with torch.no_grad():
-            q_codes = pack_signs(method.codes_from_features(torch.from_numpy(q_feats)).numpy())
-            db_codes = pack_signs(method.codes_from_features(torch.from_numpy(db_feats)).numpy())
-        result = evaluate_codes(q_codes, db_codes, q_labels, db_labels, config.evaluate,
-                                pr=config.evaluate.plots)
-        log_evaluation(result, f"{config.method.name}, {config.model.bits} bits")
-        report = result.metrics
-        ceiling = cosine_ranking_report(q_feats, db_feats, q_labels, db_labels, config.evaluate.topk,
-                                        config.evaluate.ndcg_k)
-        mlflow.log_metrics({f"float_ceiling/{metric_key(k)}": v for k, v in ceiling.items()})
+        report, ceiling = fit_and_evaluate_baseline(method, config, preprocess)
         model_uri, model_name, version = register_challenger(method, config, manifest, run.info.run_id)
     print(f"run:         {run.info.run_id} (experiment {run.info.experiment_id}) at {tracking_uri}")
     print(f"model:       models:/{model_name}/{version} (@{CHALLENGER}), {model_uri}")
@@ -172,26 +146,6 @@ def fit_baseline(config: Config, manifest: DatasetManifest, tracking_uri: str) -
     print("float ceiling (cosine of the same backbone's features): "
           + ", ".join(f"{metric_key(k)}={v:.4f}" for k, v in ceiling.items()))
     return 0
-
-
-@torch.no_grad()
-def split_features(method: HashingMethod, config: Config, split: str,
-                   preprocess: Preprocess) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled backbone features float32[n, d] (eval mode) and multi-hot labels uint8[n, c] of ``split``."""
-    method.eval()
-    features, labels = [], []
-    for batch in split_batches(config, split, preprocess):
-        features.append(method.backbone(batch["image"]).global_.float().numpy())
-        labels.append(batch["labels"].numpy().astype(np.uint8))
-    if not features:
-        raise InputError(f"split {split!r} of {config.dataset.uri} has no samples")
-    return np.concatenate(features), np.concatenate(labels)
-
-
-def make_preprocess(config: Config) -> Preprocess:
-    """Image uint8[H, W, 3] -> float32[3, S, S] with the backbone's own mean/std (S = dataset.image_size)."""
-    backbone = build_backbone(config.model.backbone, pretrained=False)
-    return Preprocess(config.dataset.image_size, backbone.mean, backbone.std)
 
 
 def read_training_split(config: Config, preprocess: Preprocess, quarantine: RemoteQuarantine):
@@ -265,42 +219,6 @@ def load_trained_method(config: Config, manifest: DatasetManifest, checkpoint) -
     return method.eval()
 
 
-def split_batches(config: Config, split: str, preprocess: Preprocess) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches of ``EVAL_BATCH_ROWS`` samples of ``split``: ``image`` float32[b, 3, S, S], ``labels``,
-    ``tags``."""
-    rows: list[dict] = []
-    quarantine = Quarantine(strict=config.data.strict, max_bad_fraction=config.data.max_bad_fraction)
-    for sample in iter_split(config.dataset.uri, split, preprocess, quarantine=quarantine):
-        rows.append(sample)
-        if len(rows) == EVAL_BATCH_ROWS:
-            yield {k: torch.from_numpy(np.stack([r[k] for r in rows])) for k in TORCH_COLUMNS}
-            rows = []
-    if rows:
-        yield {k: torch.from_numpy(np.stack([r[k] for r in rows])) for k in TORCH_COLUMNS}
-    quarantine.check()
-
-
-def encode_split(method: HashingMethod, config: Config, split: str,
-                 preprocess: Preprocess) -> tuple[np.ndarray, np.ndarray]:
-    """Codes uint8[n, bits // 8] and multi-hot labels uint8[n, c] of every good sample of ``split``."""
-    labels: list[np.ndarray] = []
-
-    def batches() -> Iterator[dict[str, torch.Tensor]]:
-        for batch in split_batches(config, split, preprocess):
-            labels.append(batch["labels"].numpy().astype(np.uint8))
-            yield batch
-
-    codes = pack_signs(encode_batches(method, batches()))
-    return codes, np.concatenate(labels)
-
-
-def evaluate(method: HashingMethod, config: Config, preprocess: Preprocess) -> dict[str, float]:
-    """Query vs database retrieval metrics (``hashing.evaluation``) and PR / P@N plots, logged to the run."""
-    q_codes, q_labels = encode_split(method, config, "query", preprocess)
-    db_codes, db_labels = encode_split(method, config, "database", preprocess)
-    result = evaluate_codes(q_codes, db_codes, q_labels, db_labels, config.evaluate, pr=config.evaluate.plots)
-    log_evaluation(result, f"{config.method.name}, {config.model.bits} bits")
-    return result.metrics
 
 
 if __name__ == "__main__":

@@ -158,7 +158,7 @@ def test_ray_job_submit_trains_evaluates_and_registers_a_loadable_model(
     from hashing.evaluation import metric_key
     from hashing.metrics import retrieval_report
     from hashing.tracking import load_hashing_model
-    from pipelines.train import encode_split, make_preprocess
+    from hashing.train_eval import encode_split, make_preprocess
 
     root = tmp_path / "run"
     done = subprocess.run(

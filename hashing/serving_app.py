@@ -34,6 +34,8 @@ and the nightly CronJob replaces the cluster after a promotion, see ``infra/READ
 import asyncio
 import itertools
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -56,13 +58,16 @@ PARTITION_SHIFT = 40  # global id of partition p's row r: p << 40 | r (a partiti
 MAX_K = 1000
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
 DEFAULT_CPUS = 0.25  # per replica; Serve's default of 1 CPU each does not fit small machines
+CODES_APP_PREFIX = "hashing-codes-v"
+RETRY_AFTER_S = 2  # a 503's Retry-After: Serve restarts a failed partition replica within seconds
 
 
 @dataclass(frozen=True)
 class ServicePlan:
     """What the service serves: the pinned ``model``, its ``codes_uri`` and ``split``, the split's parts as
     ``partitions`` (per partition ``[(source shard, sha256)]``, contiguous, dataset order), the dataset's
-    ``classes`` (None: labels shown as indices), and where the replicas find MLflow and S3."""
+    ``classes`` (None: labels shown as indices) and ``tags`` (the text queries' vocabulary; None: none),
+    where the replicas find MLflow and S3, and ``partition_replicas`` (Serve replicas per partition)."""
 
     model_name: str
     model_version: int
@@ -78,6 +83,8 @@ class ServicePlan:
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     num_cpus: float = DEFAULT_CPUS
     other_split: str | None = field(default="query")
+    tags: list[str] | None = None
+    partition_replicas: int = 1
     dataset_uri: str | None = None  # where /thumbnail reads the stored images (None: not served)
 
 
@@ -89,24 +96,29 @@ def split_contiguous(items: list, n: int) -> list[list]:
     return [items[a:b] for a, b in itertools.pairwise(bounds)]
 
 
-def plan_service(config: Config, partitions: int, split: str = "database", **options: object) -> ServicePlan:
+def plan_service(config: Config, partitions: int, split: str = "database", encoded_only: bool = False,
+                 **options: object) -> ServicePlan:
     """Pin the configured model version (``search.model``; ``search.version``, else ``search.alias``,
     default ``champion``) and split its code parts of ``split`` into ``partitions`` contiguous groups.
 
-    Every shard of the split in ``dataset.json`` must have its code part (as for ``hashing search``).
+    Every shard of the split in ``dataset.json`` must have its code part (as for ``hashing search``);
+    ``encoded_only``: the version's ``codes_uri`` tag must be set too (a finished encode sets it last).
     ``options``: the other ``ServicePlan`` fields (``default_k``, ``max_k``, ``max_upload_bytes``,
-    ``num_cpus``).
+    ``num_cpus``, ``partition_replicas``).
 
     Raises:
         LookupError: no such model, version or alias.
-        CodeShardError: code parts missing.
+        CodeShardError: code parts missing (``encoded_only``: or no ``codes_uri`` tag).
         InputError: ``partitions`` not in ``[1, number of parts]``.
     """
     tracking_uri = tracking.setup_tracking(config)
     manifest = load_manifest(config.dataset.uri)
     model = tracking.resolve_section_model(config.search, config.method.name, manifest.name)
-    from hashing.registry import codes_location
+    from hashing.registry import CODES_URI, codes_location, version_tags
 
+    if encoded_only and not version_tags(model).get(CODES_URI):
+        raise CodeShardError(f"models:/{model.name}/{model.version} has no {CODES_URI} tag yet: its encode "
+                             "has not finished")
     codes_uri = codes_location(model, config.encode.codes_root)
     root = storage.join(codes_uri, split)
     shards = [(s.path, s.sha256) for s in manifest.split(split).shards]
@@ -121,16 +133,33 @@ def plan_service(config: Config, partitions: int, split: str = "database", **opt
     return ServicePlan(model_name=model.name or model.uri, model_version=model.version or 0,
                        model_uri=model.uri, dataset_uri=config.dataset.uri,
                        codes_uri=codes_uri, split=split, partitions=groups, classes=manifest.classes,
+                       tags=manifest.tags,
                        tracking_uri=tracking_uri, s3_endpoint=config.storage.s3_endpoint,
                        default_k=config.search.k, other_split=other, **options)
 
 
 class ServiceError(Exception):
-    """A bad request: answered with ``status`` and ``{"error": message}``."""
+    """A request not answered: ``status`` and ``{"error": message}`` (a 503 also a ``Retry-After``)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+    def response(self) -> JSONResponse:
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if self.status == 503 else None
+        return JSONResponse({"error": str(self)}, status_code=self.status, headers=headers)
+
+
+def codes_app_names(plan: ServicePlan) -> list[str]:
+    """The Serve applications (no route prefix) of ``plan``'s partitions when the service follows the
+    registry: ``hashing-codes-v{version}-p{p}``, each holding deployment ``Partition{p}``."""
+    return [f"{CODES_APP_PREFIX}{plan.model_version}-p{p}" for p in range(len(plan.partitions))]
+
+
+def partition_handles(plan: ServicePlan) -> list:
+    """Handles of the ``Partition{p}`` deployments in the codes applications of ``plan``."""
+    return [serve.get_deployment_handle(f"Partition{p}", app_name=name)
+            for p, name in enumerate(codes_app_names(plan))]
 
 
 @serve.deployment
@@ -170,43 +199,106 @@ class Partition:
                 "labels": [None if row is None else row.tolist() for row in labels]}
 
 
+@dataclass
+class VersionBundle:
+    """Everything one model version answers with: its ``plan``, its ``encoder`` (images; its method's text
+    network for text), handles of its ``partitions``, the other split's codes ``{key: uint8[1, B]}``, and
+    ``in_flight``, the requests answering with it now. A request takes the bundle once, at its start."""
+
+    plan: ServicePlan
+    encoder: object  # hashing.encoding.Encoder (imported lazily: torch)
+    partitions: list
+    other_codes: dict[str, np.ndarray]
+    in_flight: int = 0
+
+    @contextmanager
+    def serving(self) -> Iterator["VersionBundle"]:
+        """Count a request answered with this bundle while the block runs."""
+        self.in_flight += 1
+        try:
+            yield self
+        finally:
+            self.in_flight -= 1
+
+
+def load_bundle(plan: ServicePlan, partitions: list) -> VersionBundle:
+    """The bundle of ``plan``: its model loaded from MLflow as the encoder, the other split's codes read."""
+    import mlflow
+
+    from hashing.encoding import Encoder
+
+    storage.use_s3_endpoint(plan.s3_endpoint)
+    mlflow.set_tracking_uri(plan.tracking_uri)
+    method, model_config = tracking.load_hashing_model(plan.model_uri)
+    encoder = Encoder(method, model_config.dataset.image_size, batch_size=1)
+    other_codes: dict[str, np.ndarray] = {}
+    if plan.other_split:
+        try:
+            other = load_split(storage.join(plan.codes_uri, plan.other_split))
+            if other.model_uri == plan.model_uri:
+                other_codes = {str(k): other.codes[i: i + 1] for i, k in enumerate(other.keys)}
+        except CodeShardError as exc:
+            log.warning("keys of the %s split cannot be looked up: %s", plan.other_split, exc)
+    return VersionBundle(plan, encoder, partitions, other_codes)
+
+
 api = FastAPI(title="hashing search")
+
+
+@api.exception_handler(Exception)
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug's answer: 500 JSON naming the error (its traceback goes to the replica's log, not the client)."""
+    return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the service's log"},
+                        status_code=500)
 
 
 @serve.deployment
 @serve.ingress(api)
 class Search:
-    """The ingress: a query code from the request, fan-out to every partition, exact merge."""
+    """The ingress: a query code from the request, fan-out to every partition, exact merge.
 
-    def __init__(self, partitions: list, plan: dict) -> None:
-        import mlflow
+    ``partitions``: handles bound in the same application (pinned), or None: the partitions are in the
+    codes applications of ``plan`` (``codes_app_names``), and ``switch`` moves the service to another
+    version's. One replica: ``switch`` reaches the replica it is called on.
+    """
 
-        self.partitions = partitions
-        self.plan = ServicePlan(**plan)
-        storage.use_s3_endpoint(self.plan.s3_endpoint)
-        mlflow.set_tracking_uri(self.plan.tracking_uri)
+    def __init__(self, partitions: list | None, plan: dict) -> None:
+        pinned = ServicePlan(**plan)
+        self.bundle = load_bundle(pinned, partitions if partitions is not None else partition_handles(pinned))
         self.page_html = index_html()
-        self.thumbnails = ThumbnailStore(self.plan.dataset_uri) if self.plan.dataset_uri else None
-        from hashing.encoding import Encoder
+        self.thumbnails = ThumbnailStore(pinned.dataset_uri) if pinned.dataset_uri else None
 
-        method, model_config = tracking.load_hashing_model(self.plan.model_uri)
-        self.encoder = Encoder(method, model_config.dataset.image_size, batch_size=1)
-        self.other_codes: dict[str, np.ndarray] = {}
-        if self.plan.other_split:
-            try:
-                other = load_split(storage.join(self.plan.codes_uri, self.plan.other_split))
-                if other.model_uri == self.plan.model_uri:
-                    self.other_codes = {str(k): other.codes[i: i + 1] for i, k in enumerate(other.keys)}
-            except CodeShardError as exc:
-                log.warning("keys of the %s split cannot be looked up: %s", self.plan.other_split, exc)
+    @property
+    def plan(self) -> ServicePlan:
+        """The plan of the version served now."""
+        return self.bundle.plan
+
+    async def switch(self, plan: dict) -> dict:
+        """Serve the version of ``plan`` from now on (its codes applications deployed and healthy): load
+        its encoder, swap the bundle, then wait until the requests still answering with the old one are
+        done. Returns ``{"version": new, "previous": old, "drained": requests waited for}``."""
+        new_plan = ServicePlan(**plan)
+        new = await asyncio.to_thread(load_bundle, new_plan, partition_handles(new_plan))
+        old, self.bundle = self.bundle, new
+        drained = old.in_flight
+        while old.in_flight:
+            await asyncio.sleep(0.01)
+        log.info("now serving models:/%s/%d (was v%d; %d requests drained)", new_plan.model_name,
+                 new_plan.model_version, old.plan.model_version, drained)
+        return {"version": new_plan.model_version, "previous": old.plan.model_version, "drained": drained}
 
     # --- requests -------------------------------------------------------------------------------
 
     @api.get("/health")
-    async def health(self) -> dict:
-        infos = await asyncio.gather(*[p.info.remote() for p in self.partitions])
-        return {"model": self.plan.model_name, "version": self.plan.model_version, "split": self.plan.split,
-                "size": sum(i["size"] for i in infos), "partitions": infos}
+    async def health(self) -> JSONResponse:
+        with self.bundle.serving() as bundle:
+            try:
+                infos = await self._fan_out(bundle, "info")
+            except ServiceError as exc:
+                return exc.response()
+            plan = bundle.plan
+            return JSONResponse({"model": plan.model_name, "version": plan.model_version, "split": plan.split,
+                                 "size": sum(i["size"] for i in infos), "partitions": infos})
 
     @api.get("/")
     async def page(self) -> HTMLResponse:
@@ -224,23 +316,38 @@ class Search:
 
     @api.get("/search")
     async def by_key(self, key: str = "", k: str | None = None) -> JSONResponse:
-        try:
-            top = self._k(k)
-            if not key:
-                raise ServiceError(400, "give a key: /search?key=KEY&k=K")
-            return JSONResponse(await self._answer(await self._key_code(key), top))
-        except ServiceError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        with self.bundle.serving() as bundle:
+            try:
+                top = self._k(k)
+                if not key:
+                    raise ServiceError(400, "give a key: /search?key=KEY&k=K")
+                return JSONResponse(await self._answer(await self._key_code(key, bundle), top, bundle))
+            except ServiceError as exc:
+                return exc.response()
 
     @api.post("/search/image")
     async def by_image(self, request: Request, k: str | None = None) -> JSONResponse:
         try:
             top = self._k(k)
             data = await self._body(request)
-            code = await asyncio.to_thread(self._image_code, data)
-            return JSONResponse(await self._answer(code, top))
         except ServiceError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+            return exc.response()
+        with self.bundle.serving() as bundle:
+            try:
+                code = await asyncio.to_thread(self._image_code, data, bundle)
+                return JSONResponse(await self._answer(code, top, bundle))
+            except ServiceError as exc:
+                return exc.response()
+
+    @api.get("/search/text")
+    async def by_text(self, q: str = "", k: str | None = None) -> JSONResponse:
+        with self.bundle.serving() as bundle:
+            try:
+                top = self._k(k)
+                code = await asyncio.to_thread(self._text_code, q, bundle)
+                return JSONResponse(await self._answer(code, top, bundle))
+            except ServiceError as exc:
+                return exc.response()
 
     # --- helpers --------------------------------------------------------------------------------
 
@@ -255,15 +362,34 @@ class Search:
             raise ServiceError(400, f"k must be an integer in [1, {self.plan.max_k}], got {k!r}")
         return value
 
-    async def _key_code(self, key: str) -> np.ndarray:
-        codes = await asyncio.gather(*[p.code_of.remote(key) for p in self.partitions])
+    async def _fan_out(self, bundle: VersionBundle, method: str, *args: object) -> list:
+        """``method(*args)`` on every partition of ``bundle``, their answers in partition order.
+
+        Raises ``ServiceError`` 503 when any partition failed (a replica died, say): a merge of the
+        others would be a wrong answer, so none is given."""
+        answers = await asyncio.gather(*[getattr(p, method).remote(*args) for p in bundle.partitions],
+                                       return_exceptions=True)
+        failed = [(p, a) for p, a in enumerate(answers) if isinstance(a, Exception)]
+        if failed:
+            plan = bundle.plan
+            log.warning("partitions %s of models:/%s/%d failed: %s", [p for p, _ in failed], plan.model_name,
+                        plan.model_version, failed[0][1])
+            raise ServiceError(503, f"partition {failed[0][0]} of {plan.model_name} v{plan.model_version} "
+                                    f"did not answer ({type(failed[0][1]).__name__}); it is being restarted: "
+                                    f"retry in {RETRY_AFTER_S} s")
+        return answers
+
+    async def _key_code(self, key: str, bundle: VersionBundle | None = None) -> np.ndarray:
+        """The stored code uint8[1, B] of ``key`` in ``bundle`` (default: the version served now)."""
+        bundle = bundle or self.bundle
+        codes = await self._fan_out(bundle, "code_of", key)
         found = next((c for c in codes if c is not None), None)
         if found is None:
-            found = self.other_codes.get(key)
+            found = bundle.other_codes.get(key)
         if found is None:
-            raise ServiceError(404, f"key {key!r} is in neither the {self.plan.split} nor the "
-                                    f"{self.plan.other_split} codes of {self.plan.model_name} "
-                                    f"v{self.plan.model_version}")
+            plan = bundle.plan
+            raise ServiceError(404, f"key {key!r} is in neither the {plan.split} nor the "
+                                    f"{plan.other_split} codes of {plan.model_name} v{plan.model_version}")
         return found
 
     def _thumbnail(self, key: str) -> bytes:
@@ -291,7 +417,8 @@ class Search:
             raise ServiceError(400, "empty body: POST the image file's bytes")
         return b"".join(chunks)
 
-    def _image_code(self, data: bytes) -> np.ndarray:
+    def _image_code(self, data: bytes, bundle: VersionBundle | None = None) -> np.ndarray:
+        """The code uint8[1, B] of an uploaded image file, by ``bundle``'s encoder (default: now's)."""
         from hashing.data.transforms import ImageTooLargeError, decode_image
 
         try:
@@ -301,10 +428,38 @@ class Search:
         except InputError:
             raise ServiceError(400, f"the upload is not a readable image ({len(data)} bytes); "
                                     "POST a PNG, JPEG or WebP file") from None
-        return self.encoder.encode_raw([image])
+        return (bundle or self.bundle).encoder.encode_raw([image])
 
-    async def _answer(self, query: np.ndarray, k: int) -> dict:
-        answers = await asyncio.gather(*[p.search.remote(query, k) for p in self.partitions])
+    def _text_code(self, text: str, bundle: VersionBundle | None = None) -> np.ndarray:
+        """The code uint8[1, B] of comma-separated tags (``parse_tags`` over the dataset's tags, as
+        ``hashing search --text``) from the text network of ``bundle``'s model (default: now's)."""
+        import torch
+
+        from hashing.codes import pack_signs
+        from hashing.data.tags import TagVocabulary
+        from hashing.retrieval import parse_tags
+
+        bundle = bundle or self.bundle
+        plan, method = bundle.plan, bundle.encoder.method
+        if "text" not in method.modalities:
+            raise ServiceError(400, f"models:/{plan.model_name}/{plan.model_version} has no text network: "
+                                    "text queries need a multimodal model (e.g. method dsmhn; serve one with "
+                                    "search.model=NAME); use /search?key=KEY or POST /search/image")
+        if not text.strip():
+            raise ServiceError(400, "give tags: /search/text?q=dress,handbag&k=K")
+        vocabulary = TagVocabulary(plan.tags or [])
+        try:
+            tags = parse_tags(text, vocabulary)
+        except InputError as exc:
+            raise ServiceError(400, f"{exc}; give comma-separated tags of the dataset") from None
+        bag = torch.from_numpy(vocabulary.bag_of_words(tags)[None])
+        with torch.inference_mode():
+            return pack_signs(method.encode_text(bag).float())
+
+    async def _answer(self, query: np.ndarray, k: int, bundle: VersionBundle | None = None) -> dict:
+        """The top-k of a query code uint8[1, B] over ``bundle``'s partitions (default: now's), merged."""
+        bundle = bundle or self.bundle
+        answers = await self._fan_out(bundle, "search", query, k)
         from hashing.index import merge_topk
 
         distances, ids = merge_topk([(a["distances"], a["ids"], p << PARTITION_SHIFT)
@@ -318,19 +473,40 @@ class Search:
             if i < 0:
                 continue
             key, labels = local[i]
-            names = label_names(labels, self.plan.classes)
+            names = label_names(labels, bundle.plan.classes)
             results.append({"key": key, "distance": int(d), "labels": names})
-        return {"model": self.plan.model_name, "version": self.plan.model_version, "results": results}
+        return {"model": bundle.plan.model_name, "version": bundle.plan.model_version, "results": results}
+
+
+def partition_apps(plan: ServicePlan) -> list[serve.Application]:
+    """Deployment ``Partition{p}`` of ``plan`` per group of parts (``plan.partition_replicas`` replicas
+    each), bound."""
+    root = storage.join(plan.codes_uri, plan.split)
+    return [Partition.options(name=f"Partition{p}", num_replicas=plan.partition_replicas,
+                              ray_actor_options={"num_cpus": plan.num_cpus})
+            .bind(p, root, shards, plan.model_uri, plan.s3_endpoint)
+            for p, shards in enumerate(plan.partitions)]
 
 
 def build_app(plan: ServicePlan) -> serve.Application:
-    """The Serve app of ``plan``: a ``Partition{p}`` deployment per group of parts, ``Search`` in front."""
-    root = storage.join(plan.codes_uri, plan.split)
-    options = {"ray_actor_options": {"num_cpus": plan.num_cpus}}
-    partitions = [Partition.options(name=f"Partition{p}", **options)
-                  .bind(p, root, shards, plan.model_uri, plan.s3_endpoint)
-                  for p, shards in enumerate(plan.partitions)]
-    return Search.options(**options).bind(partitions, asdict(plan))
+    """The Serve app of ``plan`` pinned: its ``Partition{p}`` deployments with ``Search`` in front."""
+    return Search.options(ray_actor_options={"num_cpus": plan.num_cpus}).bind(partition_apps(plan),
+                                                                                asdict(plan))
+
+
+def build_following_app(plan: ServicePlan) -> serve.Application:
+    """The ``Search`` app alone, over the codes applications of ``plan`` (deployed first, ``deploy_codes``);
+    ``Search.switch`` moves it to another version's."""
+    return Search.options(ray_actor_options={"num_cpus": plan.num_cpus}).bind(None, asdict(plan))
+
+
+def deploy_codes(plan: ServicePlan) -> list[str]:
+    """Deploy ``plan``'s partitions, each as its own Serve application without a route
+    (``codes_app_names``); returns once every replica is healthy. Returns the application names."""
+    names = codes_app_names(plan)
+    for name, app in zip(names, partition_apps(plan), strict=True):
+        serve.run(app, name=name, route_prefix=None, blocking=False)
+    return names
 
 
 APP_ARGS = {"config": str, "overrides": list, "partitions": int, "cpus_per_replica": (int, float),
@@ -401,9 +577,14 @@ def app_builder(args: dict) -> serve.Application:
     return build_app(plan)
 
 
-def start_service(plan: ServicePlan, host: str = "127.0.0.1", port: int = 8000) -> str:
+def start_service(plan: ServicePlan, host: str = "127.0.0.1", port: int = 8000,
+                  following: bool = False) -> str:
     """Start Serve's HTTP proxy on ``host:port`` (Ray must be initialised) and deploy ``plan``; returns
-    the base URL once every replica is up."""
+    the base URL once every replica is up. ``following``: the partitions in their own codes applications
+    (``deploy_codes``), so that ``hashing.serving_follow`` can move the service to another version."""
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(plan), name=APP_NAME, route_prefix="/", blocking=False)
+    if following:
+        deploy_codes(plan)
+    app = build_following_app(plan) if following else build_app(plan)
+    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     return f"http://{host}:{port}"

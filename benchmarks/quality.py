@@ -51,13 +51,14 @@ from hashing.config import ConfigError, load_config
 from hashing.data.builtin import CLASSES, PRESETS, TAG_VOCABULARY, builtin_samples
 from hashing.data.tags import TagVocabulary
 from hashing.data.transforms import Preprocess
+from hashing.encoding import Encoder
 from hashing.methods import build_method
 from hashing.methods.shallow import ITQ, LSH, cosine_ranking_report
 from hashing.metrics import retrieval_report
 from hashing.models import build_backbone
 from hashing.models.backbone import CachedTrunk, Features
 from hashing.models.small_cnn import CachedFeatures
-from hashing.training import encode_batches, fit
+from hashing.training import fit
 
 log = logging.getLogger("quality")
 
@@ -462,7 +463,7 @@ def train_deep_method(
         steps_per_epoch,
     )
     seconds = time.perf_counter() - started
-    losses = [row["loss"] if "loss" in row else row["main/loss"] for row in history]
+    losses = [row.get("main/loss", row["loss"]) for row in history]  # a multi-phase method: its main phase
     log.info(
         "%s %d bits seed %d lr x%g %s: %.1f s, loss by epoch %s",
         name,
@@ -479,8 +480,9 @@ def train_deep_method(
 def encode_method(method, features: FeatureSet, preset: Preset, splits: tuple[str, ...]) -> dict:
     """Relaxed codes of ``splits`` for every modality of ``method``."""
     make = InputBatches(preset, method.backbone.mean, method.backbone.std)
+    encoder = Encoder(method, batch_size=ENCODE_BATCH, device=preset.device)
     return {
-        (modality, split): encode_batches(method, make(features.splits[split], ENCODE_BATCH), modality)
+        (modality, split): encoder.relaxed_batches(make(features.splits[split], ENCODE_BATCH), modality)
         for modality in method.modalities
         for split in splits
     }

@@ -1,6 +1,7 @@
-"""Images -> packed codes with a trained model, and whole source shards -> code-shard parts.
+"""Images (or tags) -> codes with a method, and whole source shards -> code-shard parts.
 
-``Encoder`` holds one rebuilt method (eval mode) and maps preprocessed images to packed codes in
+``Encoder`` is the one place a method runs forward to encode: relaxed codes float32[n, K] (training
+evaluation, benchmarks) or packed codes uint8[n, K // 8] (the encode job, serving, search), in
 batches. ``ShardEncoder`` is the per-batch callable of ``pipelines/encode.py``'s Ray Data job: Ray
 builds it once per actor (the model is loaded once there) and calls it on batches of whole shard
 files (``read_binary_files`` rows: ``bytes``, ``path``); for each shard it decodes the samples,
@@ -14,7 +15,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,29 +27,40 @@ from hashing.data.quarantine import BadKind, BadSample
 from hashing.data.read import decode_shard
 from hashing.data.schema import ShardInfo
 from hashing.data.transforms import Preprocess
-from hashing.methods.base import HashingMethod
+from hashing.methods.base import Batch, HashingMethod
 
 log = logging.getLogger(__name__)
 
+# modality -> the batch key (``hashing.methods.base``) holding its input
+INPUT_KEYS = {"image": "image", "text": "tags"}
+
 
 class Encoder:
-    """Packed codes of images with one method.
+    """The one place a method runs forward to encode: images or tags -> relaxed or packed codes.
+
+    Every call runs ``method`` in eval mode under ``torch.inference_mode``, in chunks of ``batch_size``
+    rows moved to ``device``, and then puts back the train/eval mode it found (so a method can be
+    encoded in the middle of its training). Modalities: ``"image"`` (``method.encode_image`` of
+    preprocessed images float32[n, 3, S, S], or of precomputed features for the ``cached`` backbone)
+    and ``"text"`` (``method.encode_text`` of bags of words float32[n, V], multimodal methods only).
 
     Args:
-        method: a trained method (put in eval mode and moved to ``device`` here).
-        image_size: model input side S (``dataset.image_size`` of the model's config).
-        batch_size: images per forward pass.
+        method: a method (moved to ``device`` here).
+        image_size: model input side S (``dataset.image_size`` of the model's config), for
+            ``preprocess`` / ``encode_raw``; None when only preprocessed inputs are encoded.
+        batch_size: rows per forward pass.
         device: ``"cpu"``, ``"cuda"``, ...
     """
 
-    def __init__(self, method: HashingMethod, image_size: int, batch_size: int = 256,
-                 device: str = "cpu") -> None:
+    def __init__(self, method: HashingMethod, image_size: int | None = None, batch_size: int = 256,
+                 device: str | torch.device = "cpu") -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.method = method.to(device).eval()
+        self.method = method.to(device)
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.preprocess = Preprocess(image_size, tuple(method.backbone.mean), tuple(method.backbone.std))
+        self.preprocess = (None if image_size is None else
+                           Preprocess(image_size, tuple(method.backbone.mean), tuple(method.backbone.std)))
 
     @classmethod
     def from_model_uri(cls, model_uri: str, tracking_uri: str | None = None, batch_size: int = 256,
@@ -69,22 +81,51 @@ class Encoder:
         """Code length K."""
         return self.method.bits
 
+    def relaxed(self, inputs: np.ndarray | torch.Tensor, modality: str = "image") -> np.ndarray:
+        """Relaxed codes float32[n, K] of ``inputs`` (n rows of ``modality``'s input, see the class)."""
+        encode = self._encoder_of(modality)
+        inputs = torch.as_tensor(inputs)
+        if inputs.shape[0] == 0:
+            return np.zeros((0, self.bits), dtype=np.float32)
+        was_training = self.method.training
+        self.method.eval()
+        try:
+            with torch.inference_mode():
+                parts = [encode(chunk.to(self.device, non_blocking=True)).float().cpu()
+                         for chunk in inputs.split(self.batch_size)]
+        finally:
+            self.method.train(was_training)
+        return torch.cat(parts).numpy()
+
+    def relaxed_batches(self, batches: Iterable[Batch], modality: str = "image") -> np.ndarray:
+        """Relaxed codes float32[n, K] of every row of ``batches`` (dicts as in ``hashing.methods.base``:
+        ``batch["image"]`` for ``"image"``, ``batch["tags"]`` for ``"text"``), in order."""
+        key = INPUT_KEYS.get(modality)
+        self._encoder_of(modality)  # a bad modality fails before the first batch is read
+        parts = [self.relaxed(batch[key], modality) for batch in batches]
+        return np.concatenate(parts) if parts else np.zeros((0, self.bits), dtype=np.float32)
+
     def encode_images(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         """Preprocessed images float32[n, 3, S, S] -> packed codes uint8[n, bits // 8]."""
         images = torch.as_tensor(images)
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError("expected preprocessed images float32[n, 3, S, S], got shape "
                              f"{tuple(images.shape)}")
-        if images.shape[0] == 0:
-            return np.zeros((0, self.bits // 8), dtype=np.uint8)
-        with torch.inference_mode():
-            relaxed = [self.method.encode_image(chunk.to(self.device, non_blocking=True)).float().cpu()
-                       for chunk in images.split(self.batch_size)]
-        return pack_signs(torch.cat(relaxed))
+        return pack_signs(self.relaxed(images))
 
     def encode_raw(self, images: list[np.ndarray]) -> np.ndarray:
         """Decoded images uint8[H, W, 3] (any size) -> packed codes uint8[n, bits // 8]."""
+        if self.preprocess is None:
+            raise ValueError("this Encoder was built without image_size: it encodes preprocessed images only")
         return self.encode_images(self.preprocess.batch(images))
+
+    def _encoder_of(self, modality: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        if modality not in INPUT_KEYS:
+            raise ValueError(f"unknown modality {modality!r}; allowed: {', '.join(INPUT_KEYS)}")
+        if modality not in self.method.modalities:
+            raise ValueError(f"method {self.method.name!r} has no {modality!r} encoder; modalities: "
+                             f"{', '.join(self.method.modalities)}")
+        return self.method.encode_image if modality == "image" else self.method.encode_text
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,11 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -276,19 +277,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         client = _s3_client()
         _retry(lambda: client.put_object(Bucket=bucket, Key=key, Body=data))
         return
-    path = _split_local(uri)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _replace_local(_split_local(uri), lambda f: f.write(data))
 
 
 def put_file(local_path: str, uri: str) -> None:
@@ -302,15 +291,24 @@ def put_file(local_path: str, uri: str) -> None:
         client = _s3_client()
         _retry(lambda: client.upload_file(local_path, bucket, key))
         return
-    path = _split_local(uri)
+
+    def copy(out: BinaryIO) -> None:
+        with open(local_path, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+
+    _replace_local(_split_local(uri), copy)
+
+
+def _replace_local(path: str, write: Callable[[BinaryIO], object]) -> None:
+    """Fill a temporary file next to ``path`` with ``write``, fsync it, then ``os.replace`` it onto ``path``
+    (folders created): readers see the old file or the whole new one; a failure removes the temporary file."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-" + os.path.basename(path))
     try:
-        with os.fdopen(fd, "wb") as out, open(local_path, "rb") as src:
-            while chunk := src.read(1 << 20):
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

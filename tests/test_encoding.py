@@ -30,10 +30,20 @@ MODEL_URI = "models:/hashing-idhn-tiny/1"
 
 @pytest.fixture(scope="module")
 def encoder() -> Encoder:
-    """A random small-CNN IDHN (eval mode) behind an ``Encoder`` with a batch smaller than a shard."""
+    """A random small-CNN IDHN (left in train mode) behind an ``Encoder`` batching fewer rows than a shard."""
     torch.manual_seed(0)
     method = build_method("idhn", backbone=build_backbone("small_cnn"), bits=BITS, num_classes=10)
     return Encoder(method, SIZE, batch_size=12)
+
+
+def _eval_codes(method: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
+    """The method's own relaxed codes float32[n, K] of ``images``, in eval mode, one forward pass."""
+    was_training = method.training
+    method.eval()
+    with torch.inference_mode():
+        codes = method.encode_image(images).numpy()
+    method.train(was_training)
+    return codes
 
 
 def _shard_encoder(encoder: Encoder, refs: list[ShardRef], num_classes: int) -> ShardEncoder:
@@ -43,14 +53,46 @@ def _shard_encoder(encoder: Encoder, refs: list[ShardRef], num_classes: int) -> 
 
 def test_encode_images_is_packed_sign_of_the_method(encoder: Encoder) -> None:
     images = torch.randn(30, 3, SIZE, SIZE)
-    with torch.inference_mode():
-        expected = pack_signs(encoder.method.encode_image(images))
     codes = encoder.encode_images(images.numpy())
     assert codes.dtype == np.uint8 and codes.shape == (30, BITS // 8)
-    np.testing.assert_array_equal(codes, expected)
+    np.testing.assert_array_equal(codes, pack_signs(_eval_codes(encoder.method, images)))
     assert encoder.encode_images(np.zeros((0, 3, SIZE, SIZE), np.float32)).shape == (0, BITS // 8)
     with pytest.raises(ValueError, match=r"float32\[n, 3, S, S\]"):
         encoder.encode_images(np.zeros((2, SIZE, SIZE), np.float32))
+
+
+def test_relaxed_codes_run_in_eval_mode_in_chunks_and_restore_the_mode(encoder: Encoder) -> None:
+    images = torch.randn(30, 3, SIZE, SIZE)
+    assert encoder.method.training
+    relaxed = encoder.relaxed(images)  # 3 chunks of at most 12 rows
+    assert relaxed.dtype == np.float32 and relaxed.shape == (30, BITS)
+    assert encoder.method.training  # put back as it was found
+    # Eval-mode BatchNorm: a row's code depends neither on its chunk nor on the other rows of its batch.
+    np.testing.assert_allclose(relaxed, _eval_codes(encoder.method, images), rtol=1e-5, atol=1e-6)
+    batches = [{"image": images[:7]}, {"image": images[7:]}]
+    np.testing.assert_allclose(encoder.relaxed_batches(batches), relaxed, rtol=1e-5, atol=1e-6)
+    assert encoder.relaxed_batches([]).shape == (0, BITS)
+    encoder.method.eval()
+    encoder.relaxed(images[:2])
+    assert not encoder.method.training
+    encoder.method.train()
+
+
+def test_text_codes_of_a_multimodal_method_and_clear_errors_for_a_missing_modality(encoder: Encoder) -> None:
+    torch.manual_seed(0)
+    method = build_method("dsmhn", backbone=build_backbone("small_cnn"), bits=BITS, num_classes=3,
+                          tag_vocab_size=5, text_hidden=8)
+    tags = torch.eye(5)
+    text = Encoder(method, batch_size=2).relaxed_batches([{"tags": tags[:3]}, {"tags": tags[3:]}], "text")
+    with torch.inference_mode():
+        expected = method.eval().encode_text(tags).numpy()
+    np.testing.assert_allclose(text, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="'text' encoder"):
+        encoder.relaxed_batches([{"tags": torch.zeros(2, 3)}], modality="text")
+    with pytest.raises(ValueError, match="unknown modality 'audio'"):
+        encoder.relaxed(torch.zeros(2, 3), modality="audio")
+    with pytest.raises(ValueError, match="image_size"):
+        Encoder(method).encode_raw([np.zeros((8, 8, 3), np.uint8)])
 
 
 def test_shard_parts_hold_the_methods_codes_of_every_sample(encoder: Encoder, tiny_dataset: str,
@@ -68,9 +110,8 @@ def test_shard_parts_hold_the_methods_codes_of_every_sample(encoder: Encoder, ti
     assert out["bad"].tolist() == ["[]"] * len(shards)
     parts = [_read(part, tmp_path) for part in out["part"]]
     samples = list(iter_split(tiny_dataset, "query", encoder.preprocess))
-    with torch.inference_mode():
-        images = torch.as_tensor(np.stack([s["image"] for s in samples]))
-        expected = pack_signs(encoder.method.encode_image(images))
+    images = torch.as_tensor(np.stack([s["image"] for s in samples]))
+    expected = pack_signs(_eval_codes(encoder.method, images))
     assert np.concatenate([p.keys for p in parts]).tolist() == [s["key"] for s in samples]
     np.testing.assert_array_equal(np.concatenate([p.codes for p in parts]), expected)
     labels = [row.tolist() for p in parts for row in p.labels]

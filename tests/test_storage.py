@@ -77,6 +77,15 @@ def test_put_file_local(tmp_path) -> None:
     assert storage.read_bytes(dst) == src.read_bytes() and src.exists()
 
 
+def test_put_file_local_failure_keeps_old_content(tmp_path) -> None:
+    dst = str(tmp_path / "dst.bin")
+    storage.write_bytes(dst, b"old")
+    with pytest.raises(FileNotFoundError):
+        storage.put_file(str(tmp_path / "missing.bin"), dst)  # fails after the temporary file exists
+    assert storage.read_bytes(dst) == b"old"
+    assert os.listdir(tmp_path) == ["dst.bin"]  # no temporary file left behind
+
+
 def test_s3_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)

@@ -1,4 +1,4 @@
-"""The shared training step: optimizers per phase, one step, encoding and the plain loop."""
+"""The shared training step: optimizers per phase, one step, and the plain loop ``fit``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import nn
 from hashing.methods.base import Batch, HashingMethod
 from hashing.methods.idhn import IDHN
 from hashing.models.small_cnn import CachedFeatures, SmallCNN
-from hashing.training import encode_batches, fit, make_optimizers, train_step
+from hashing.training import fit, make_optimizers, train_step
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -100,21 +100,6 @@ def test_train_step_rejects_non_finite_loss():
     batch["image"][0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="idhn"):
         train_step(method, method, make_optimizers(method, 1e-3), batch)
-
-
-def test_encode_batches_uses_eval_mode_and_restores_it():
-    torch.manual_seed(0)
-    method = IDHN(SmallCNN(), bits=16, num_classes=3)
-    images = torch.randn(6, 3, 16, 16)
-    method.train()
-    codes = encode_batches(method, [{"image": images[:4]}, {"image": images[4:]}])
-    assert codes.shape == (6, 16) and codes.dtype == np.float32
-    assert method.training
-    # Eval-mode BatchNorm: a row's code does not depend on the other rows of its batch.
-    alone = encode_batches(method, [{"image": images[4:5]}])
-    np.testing.assert_allclose(codes[4:5], alone, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="text"):
-        encode_batches(method, [{"tags": torch.zeros(2, 3)}], modality="text")
 
 
 def test_fit_lowers_loss_and_halves_lr_on_schedule():

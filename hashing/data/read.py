@@ -29,7 +29,6 @@ are kept. How they are counted:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import re
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 
 from hashing import storage
+from hashing.data.checksum import ChecksumStream
 from hashing.data.quarantine import BadInputError, BadKind, BadSample, Quarantine
 from hashing.data.schema import (
     IMAGE_EXTENSIONS,
@@ -65,10 +65,11 @@ DECODED_BLOCK_BYTES = 32 << 20
 # WebDataset's member naming: key = folder part + file name up to the first dot; extension = the rest.
 _MEMBER = re.compile(r"((?:.*/)?[^./]+)\.([^/]+)")
 
-Preprocess = Callable[[np.ndarray], np.ndarray]
+# What ``preprocess`` arguments are: image uint8[H, W, 3] -> model input (``transforms.Preprocess`` is one).
+ImageTransform = Callable[[np.ndarray], np.ndarray]
 
 
-def decode_sample(raw: dict, shard: str, classes: int, preprocess: Preprocess | None = None,
+def decode_sample(raw: dict, shard: str, classes: int, preprocess: ImageTransform | None = None,
                   vocab: TagVocabulary | None = None) -> dict | BadSample:
     """Validate and decode one sample.
 
@@ -158,26 +159,8 @@ def iter_shard(stream: BinaryIO, shard: str) -> Iterator[dict | BadSample]:
         yield current
 
 
-class _HashingReader:
-    """Read-only stream wrapper that tracks sha256 and size of what was read."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.f = f
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.sha.update(data)
-        self.size += len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-
-def decode_shard(stream: BinaryIO, shard: str, info: ShardInfo, classes: int, preprocess: Preprocess | None,
+def decode_shard(stream: BinaryIO, shard: str, info: ShardInfo, classes: int,
+                 preprocess: ImageTransform | None,
                  vocab: TagVocabulary | None) -> Iterator[dict | BadSample]:
     """Decode one whole shard file: each good sample as ``decode_sample``'s dict, each bad one as a
     ``BadSample``, then a ``BadSample`` if the bytes read differ from ``info`` (size or sha256).
@@ -190,7 +173,7 @@ def decode_shard(stream: BinaryIO, shard: str, info: ShardInfo, classes: int, pr
         preprocess: images -> float32[3, S, S] (None: keep uint8[H, W, 3]).
         vocab: tag vocabulary for the text modality (None: no tag vectors).
     """
-    reader = _HashingReader(stream)
+    reader = ChecksumStream(stream)
     seen: set[str] = set()
     for raw in iter_shard(reader, shard):
         if isinstance(raw, BadSample):
@@ -216,7 +199,7 @@ def _vocab(tags: list[str] | None) -> TagVocabulary | None:
     return TagVocabulary(tags) if tags else None
 
 
-def iter_split(root: str, split: str, preprocess: Preprocess | None = None, *,
+def iter_split(root: str, split: str, preprocess: ImageTransform | None = None, *,
                quarantine: Quarantine | None = None) -> Iterator[dict]:
     """Yield the good samples of ``split`` in shard order (see ``decode_sample`` for the dict).
 
@@ -298,7 +281,7 @@ class RemoteQuarantine:
 
 
 def _decode_shard_batch(batch: dict[str, np.ndarray], shards: dict[str, tuple[str, ShardInfo]], classes: int,
-                        preprocess: Preprocess, vocab: TagVocabulary | None, image_shape: tuple[int, ...],
+                        preprocess: ImageTransform, vocab: TagVocabulary | None, image_shape: tuple[int, ...],
                         strict: bool, quarantine: RemoteQuarantine | None) -> Iterator[dict[str, np.ndarray]]:
     """Ray Data UDF: a batch of whole shards (``bytes``, ``path``) -> decoded samples, yielded in blocks
     of about ``DECODED_BLOCK_BYTES`` of images (so training starts once the first block is decoded, not
@@ -344,7 +327,7 @@ def _normalise(path: str) -> str:
     return path.lstrip("/")
 
 
-def read_split(root: str, split: str, preprocess: Preprocess, *, strict: bool = False,
+def read_split(root: str, split: str, preprocess: ImageTransform, *, strict: bool = False,
                quarantine: RemoteQuarantine | None = None, num_cpus: float = 0.5) -> ray.data.Dataset:
     """A Ray dataset of ``split``'s good samples, decoded and preprocessed (columns in the module docstring).
 

@@ -13,7 +13,6 @@ reader never sees a half-written dataset).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -23,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 
 from hashing import storage
+from hashing.data.checksum import ChecksumStream
 from hashing.data.quarantine import BadKind, BadSample, Quarantine
 from hashing.data.read import decode_sample
 from hashing.data.schema import (
@@ -48,20 +48,6 @@ def shard_path(split: str, index: int, prefix: str = "") -> str:
     return f"{prefix}{split}/shard-{index:06d}.tar"
 
 
-class _HashingFile:
-    """Write-only file wrapper that tracks sha256 and size of what passes through."""
-
-    def __init__(self, f: io.BufferedWriter) -> None:
-        self.f = f
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return self.f.write(data)
-
-
 class ShardWriter:
     """Writes one split's samples into consecutive tar shards under ``root``.
 
@@ -83,7 +69,7 @@ class ShardWriter:
         self.shards: list[ShardInfo] = []
         self._tmpdir = tempfile.mkdtemp(prefix="hashing-shard-")
         self._file: io.BufferedWriter | None = None
-        self._hashing: _HashingFile | None = None
+        self._hashing: ChecksumStream | None = None
         self._tar: tarfile.TarFile | None = None
         self._count = 0
         self._payload = 0
@@ -102,7 +88,7 @@ class ShardWriter:
         if self._tar is None:
             # Open across write() calls; _finish_shard / abort close them.
             self._file = open(os.path.join(self._tmpdir, "shard.tar"), "wb")  # noqa: SIM115
-            self._hashing = _HashingFile(self._file)
+            self._hashing = ChecksumStream(self._file)
             self._tar = tarfile.open(fileobj=self._hashing, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
         for ext, data in members.items():
             info = tarfile.TarInfo(f"{key}.{ext}")

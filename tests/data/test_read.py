@@ -9,8 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage.data
-from PIL import Image
 
 from hashing import storage
 from hashing.data.quarantine import BadInputError, BadKind, BadSample, Quarantine
@@ -26,24 +24,11 @@ from hashing.data.read import (
 from hashing.data.schema import DatasetManifest, UnknownSplitError, load_manifest, sample_json, write_manifest
 from hashing.data.shards import ShardWriter
 from hashing.data.tags import TagVocabulary
-from hashing.data.transforms import Preprocess
+from hashing.data.transforms import Preprocess, encode_png
 
 CLASSES = ["cat", "coffee", "person"]
 TAGS = ["photo", "t0", "t1"]
 SIZE = 16
-
-
-def _png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def photos() -> list[np.ndarray]:
-    """Three real photos as 24x24 RGB uint8."""
-    return [np.asarray(Image.fromarray(img).resize((24, 24), Image.BILINEAR))
-            for img in (skimage.data.chelsea(), skimage.data.coffee(), skimage.data.astronaut())]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +37,8 @@ def preprocess() -> Preprocess:
 
 
 def _good(photos, i: int) -> tuple[str, dict[str, bytes]]:
-    return f"s{i:02d}", {"png": _png(photos[i % 3]), "json": sample_json([i % 3], ["photo", f"t{i % 2}"])}
+    return f"s{i:02d}", {"png": encode_png(photos[i % 3]),
+                         "json": sample_json([i % 3], ["photo", f"t{i % 2}"])}
 
 
 def _write(root: str, samples: list[tuple[str, dict[str, bytes]]], shard_size: int = 3) -> DatasetManifest:
@@ -92,7 +78,8 @@ def test_decode_sample_good(photos, preprocess) -> None:
     ({"png": None, "json": b'{"labels": [1, 3]}'}, BadKind.LABEL_OUT_OF_RANGE, "label 3 not in [0, 3)"),
 ])
 def test_decode_sample_bad(photos, members, kind, detail) -> None:
-    raw = {"__key__": "k1", **{k: (v if v is not None else _png(photos[0])) for k, v in members.items()}}
+    raw = {"__key__": "k1",
+           **{k: (v if v is not None else encode_png(photos[0])) for k, v in members.items()}}
     out = decode_sample(raw, "s3://b/train/shard-000004.tar", len(CLASSES))
     assert isinstance(out, BadSample)
     assert (out.kind, out.key, out.shard) == (kind, "k1", "s3://b/train/shard-000004.tar")
@@ -150,7 +137,7 @@ class _Reports:
 def _bad_dataset(root: str, photos) -> list[tuple[str, BadKind, str]]:
     """A train split with one bad sample of each in-shard kind; returns (key, kind, shard) expected."""
     good = [_good(photos, i) for i in range(6)]
-    png = _png(photos[0])
+    png = encode_png(photos[0])
     samples = [
         good[0],
         ("corrupt", {"png": png[: len(png) // 2], "json": sample_json([0], [])}),

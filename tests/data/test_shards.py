@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage.data
 import webdataset
 from PIL import Image
 
@@ -25,27 +24,13 @@ from hashing.data.schema import (
     sample_json,
 )
 from hashing.data.shards import DatasetWriter, Record, ShardWriter
+from hashing.data.transforms import encode_png
 
 CLASSES = ["cat", "coffee", "person"]
 
 
-def _png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def photos() -> list[np.ndarray]:
-    """Three real photos, 24x24 RGB uint8 (chelsea the cat, coffee, astronaut)."""
-    out = []
-    for img in (skimage.data.chelsea(), skimage.data.coffee(), skimage.data.astronaut()):
-        out.append(np.asarray(Image.fromarray(img).resize((24, 24), Image.BILINEAR)))
-    return out
-
-
 def _records(photos: list[np.ndarray], n: int, split: str = "train") -> list[Record]:
-    return [Record(split=split, key=f"{split}_{i:03d}", image=_png(photos[i % 3]), labels=[i % 3],
+    return [Record(split=split, key=f"{split}_{i:03d}", image=encode_png(photos[i % 3]), labels=[i % 3],
                    tags=["photo", f"t{i % 2}"], source=f"test:{i}") for i in range(n)]
 
 
@@ -53,7 +38,7 @@ def test_shard_writer_rolls_over_and_is_deterministic(tmp_path: Path, photos) ->
     def write(root: Path) -> SplitInfo:
         w = ShardWriter(str(root), "train", shard_size=3)
         for i in range(7):
-            w.write(f"k{i}", {"png": _png(photos[i % 3]), "json": sample_json([i % 3], [])})
+            w.write(f"k{i}", {"png": encode_png(photos[i % 3]), "json": sample_json([i % 3], [])})
         return w.close()
 
     a, b = write(tmp_path / "a"), write(tmp_path / "b")
@@ -70,7 +55,7 @@ def test_shard_writer_rolls_over_and_is_deterministic(tmp_path: Path, photos) ->
 
 
 def test_shard_writer_byte_limit(tmp_path: Path, photos) -> None:
-    png = _png(photos[0])
+    png = encode_png(photos[0])
     w = ShardWriter(str(tmp_path), "query", shard_size=100, max_shard_bytes=2 * len(png) + 3000)
     for i in range(5):
         w.write(f"q{i}", {"png": png, "json": b"{}"})
@@ -120,13 +105,13 @@ def test_dataset_writer_manifest_and_fingerprint(tmp_path: Path, photos) -> None
     assert load_manifest(str(tmp_path / "a")) == m
     assert m.fingerprint == compute_fingerprint(m.classes, m.tags, m.splits)
     assert write(tmp_path / "b", records).fingerprint == m.fingerprint  # deterministic
-    changed = records[:-1] + [Record("database", "database_000", _png(photos[1]), [0], [], "x")]
+    changed = records[:-1] + [Record("database", "database_000", encode_png(photos[1]), [0], [], "x")]
     assert write(tmp_path / "c", changed).fingerprint != m.fingerprint
     assert json.loads((tmp_path / "a" / "quarantine.json").read_text())["bad"] == 0
 
 
 def _bad_records(photos: list[np.ndarray]) -> list[tuple[Record, BadKind]]:
-    good = _png(photos[0])
+    good = encode_png(photos[0])
     return [
         (Record("train", "corrupt", good[:40], [0], [], "f:1"), BadKind.CORRUPT_IMAGE),
         (Record("train", "notimage", b"hello world", [0], [], "f:2"), BadKind.CORRUPT_IMAGE),

@@ -1,26 +1,24 @@
-"""Decoding and preprocessing: shapes, value ranges, normalisation on known pixels, corrupt bytes."""
+"""Decoding, PNG encoding and preprocessing: shapes, value ranges, normalisation, corrupt bytes."""
 
-import io
 import pickle
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from hashing.data.transforms import ImageDecodeError, Preprocess, decode_image
-
-
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
+from hashing.data.transforms import ImageDecodeError, Preprocess, decode_image, encode_png
 
 
 def test_decode_gray_png_gives_rgb():
     gray = np.arange(16, dtype=np.uint8).reshape(4, 4) * 10
-    rgb = decode_image(_png(gray), "x")
+    rgb = decode_image(encode_png(gray), "x")
     assert rgb.shape == (4, 4, 3)
     np.testing.assert_array_equal(rgb[:, :, 1], gray)
+
+
+def test_encode_png_is_lossless_and_deterministic(photos):
+    data = encode_png(photos[0])
+    assert data.startswith(b"\x89PNG") and data == encode_png(photos[0].copy())
+    np.testing.assert_array_equal(decode_image(data, "x"), photos[0])
 
 
 def test_corrupt_bytes_name_the_item():

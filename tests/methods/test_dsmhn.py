@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as nnf
 from sklearn.datasets import load_digits
 
+from hashing.encoding import Encoder
 from hashing.methods.dsmhn import DSMHN, bit_balance, similarity_pair_loss
 from hashing.models.small_cnn import CachedFeatures, SmallCNN
-from hashing.training import encode_batches, fit
+from hashing.training import fit
 
 torch.set_num_threads(1)
 
@@ -159,8 +160,9 @@ def test_image_to_text_retrieval_after_training():
     labels = batch["labels"].numpy()
 
     def cross_modal_map() -> float:
-        img = encode_batches(method, [batch], "image") >= 0
-        txt = encode_batches(method, [batch], "text") >= 0
+        encoder = Encoder(method)
+        img = encoder.relaxed(batch["image"]) >= 0
+        txt = encoder.relaxed(batch["tags"], "text") >= 0
         return mean_average_precision(img, txt, labels, labels)
 
     before = cross_modal_map()

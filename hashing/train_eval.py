@@ -22,12 +22,12 @@ from hashing.config import Config
 from hashing.data.quarantine import Quarantine
 from hashing.data.read import TORCH_COLUMNS, iter_split
 from hashing.data.transforms import Preprocess
+from hashing.encoding import Encoder
 from hashing.errors import InputError
 from hashing.evaluation import evaluate_codes, log_evaluation, metric_key
 from hashing.methods.base import HashingMethod
 from hashing.methods.shallow import ShallowHashing, cosine_ranking_report
 from hashing.models import build_backbone
-from hashing.training import encode_batches
 
 EVAL_BATCH_ROWS = 256  # images per forward pass in the final evaluation
 
@@ -106,7 +106,7 @@ def encode_split(method: HashingMethod, config: Config, split: str,
             labels.append(batch["labels"].numpy().astype(np.uint8))
             yield batch
 
-    codes = pack_signs(encode_batches(method, batches()))
+    codes = pack_signs(Encoder(method, batch_size=EVAL_BATCH_ROWS).relaxed_batches(batches()))
     return codes, np.concatenate(labels)
 
 

@@ -17,7 +17,6 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -231,31 +230,6 @@ def run_epoch(
     progress.loss_sums = {}
     log.info("epoch %d done at step %d: loss %.5f", int(row["epoch"]), progress.step, row["loss"])
     return row
-
-
-@torch.no_grad()
-def encode_batches(method: HashingMethod, batches: Iterable[Batch], modality: str = "image") -> np.ndarray:
-    """Relaxed codes float32[n, K] for every row of ``batches`` (eval mode, no gradient).
-
-    ``modality="image"`` encodes ``batch["image"]`` with ``method.encode_image``; ``"text"`` encodes
-    ``batch["tags"]`` with ``method.encode_text``. Inputs are moved to the method's device; the
-    module's train/eval mode is restored afterwards.
-    """
-    if modality not in method.modalities:
-        raise ValueError(
-            f"method {method.name!r} has no {modality!r} encoder; modalities: {method.modalities}"
-        )
-    key, encode = ("image", method.encode_image) if modality == "image" else ("tags", method.encode_text)
-    device = next(method.parameters()).device
-    was_training = method.training
-    method.eval()
-    try:
-        parts = [encode(batch[key].to(device)).float().cpu().numpy() for batch in batches]
-    finally:
-        method.train(was_training)
-    if not parts:
-        return np.zeros((0, method.bits), dtype=np.float32)
-    return np.concatenate(parts, axis=0)
 
 
 def fit(

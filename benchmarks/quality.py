@@ -46,6 +46,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # benchmarks.* when run as a script
+
+from benchmarks.cached_features import CachedFeatures
 from hashing.codes import pack_signs
 from hashing.config import ConfigError, load_config
 from hashing.data.builtin import CLASSES, PRESETS, TAG_VOCABULARY, builtin_samples
@@ -57,12 +61,10 @@ from hashing.methods.shallow import ITQ, LSH, cosine_ranking_report
 from hashing.metrics import retrieval_report
 from hashing.models import build_backbone
 from hashing.models.backbone import CachedTrunk, Features
-from hashing.models.small_cnn import CachedFeatures
 from hashing.training import fit
 
 log = logging.getLogger("quality")
 
-REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "query", "database")
 DEEP_METHODS = ("idhn", "schn", "dsmhn", "udmsh", "dpsh")
 SHALLOW_METHODS = ("lsh", "itq", "float")

@@ -17,11 +17,11 @@ import torch
 from sklearn.datasets import load_digits
 from torch.nn.parallel import DistributedDataParallel
 
+from benchmarks.cached_features import CachedFeatures
 from hashing.checkpoints import save_training_state
 from hashing.config import Config, load_config
 from hashing.methods import from_config
 from hashing.methods.idhn import IDHN
-from hashing.models.small_cnn import CachedFeatures
 from hashing.train_worker import checkpoint_name
 from hashing.training import fit, global_mean, make_train_state, resume, run_epoch
 

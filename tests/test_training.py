@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks.cached_features import CachedFeatures
 from hashing.methods.base import Batch, HashingMethod
 from hashing.methods.idhn import IDHN
-from hashing.models.small_cnn import CachedFeatures, SmallCNN
+from hashing.models.small_cnn import SmallCNN
 from hashing.training import fit, make_optimizers, train_step
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]

@@ -47,24 +47,3 @@ class SmallCNN(Backbone):
     def trunk_parameters(self) -> list[nn.Parameter]:
         return [*self.stage1.parameters(), *self.stage2.parameters()]
 
-
-class CachedFeatures(Backbone):
-    """A frozen backbone whose features were computed ahead of time.
-
-    Input ``float32[b, feature_dim + spatial_dim]`` (global features, then spatial) is split and
-    returned as is; it has no parameters. Benchmarks use it to train many methods on the same
-    frozen features without running the convolutional network again.
-    """
-
-    def __init__(self, feature_dim: int, spatial_dim: int) -> None:
-        super().__init__()
-        self.feature_dim = feature_dim
-        self.spatial_channels = spatial_dim  # already pooled: grid 1, the width is what was cached
-
-    def forward(self, images: torch.Tensor) -> Features:
-        if images.ndim != 2 or images.shape[1] != self.feature_dim + self.spatial_dim:
-            raise ValueError(
-                f"cached backbone expects float[b, {self.feature_dim + self.spatial_dim}] feature rows, "
-                f"got shape {tuple(images.shape)}"
-            )
-        return Features(images[:, : self.feature_dim], images[:, self.feature_dim :])

@@ -7,8 +7,9 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from benchmarks.cached_features import CachedFeatures
 from hashing.methods.dpsh import DPSH, dpsh_pair_loss
-from hashing.models.small_cnn import CachedFeatures, SmallCNN
+from hashing.models.small_cnn import SmallCNN
 from hashing.training import fit
 
 torch.set_num_threads(1)

@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as nnf
 from sklearn.datasets import load_digits
 
+from benchmarks.cached_features import CachedFeatures
 from hashing.encoding import Encoder
 from hashing.methods.dsmhn import DSMHN, bit_balance, similarity_pair_loss
-from hashing.models.small_cnn import CachedFeatures, SmallCNN
+from hashing.models.small_cnn import SmallCNN
 from hashing.training import fit
 
 torch.set_num_threads(1)

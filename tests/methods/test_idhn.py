@@ -9,9 +9,10 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from benchmarks.cached_features import CachedFeatures
 from hashing.encoding import Encoder
 from hashing.methods.idhn import IDHN, idhn_pair_loss, label_cosine
-from hashing.models.small_cnn import CachedFeatures, SmallCNN
+from hashing.models.small_cnn import SmallCNN
 from hashing.training import fit
 
 torch.set_num_threads(1)

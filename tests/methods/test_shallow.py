@@ -108,9 +108,9 @@ def test_itq_rejects_too_many_bits_and_wrong_width():
 def test_itq_and_lsh_methods_give_the_numpy_baselines_codes_and_round_trip_their_state():
     import torch
 
+    from benchmarks.cached_features import CachedFeatures
     from hashing.methods import build_method
     from hashing.methods.shallow import ITQ, LSH
-    from hashing.models.small_cnn import CachedFeatures
 
     rng = np.random.default_rng(0)
     train, test = rng.standard_normal((200, 24)), rng.standard_normal((30, 24))

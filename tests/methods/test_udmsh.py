@@ -9,11 +9,12 @@ from scipy.stats import norm
 from sklearn.datasets import load_digits
 from sklearn.metrics.pairwise import cosine_distances
 
+from benchmarks.cached_features import CachedFeatures
 from hashing.encoding import Encoder
 from hashing.methods import build_method
 from hashing.methods.similarity import combined_distance, ssdh_similarity, ssdh_thresholds
 from hashing.methods.udmsh import UDMSH, code_affinity
-from hashing.models.small_cnn import CachedFeatures, SmallCNN
+from hashing.models.small_cnn import SmallCNN
 from hashing.training import fit
 
 torch.set_num_threads(1)

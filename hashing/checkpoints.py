@@ -81,7 +81,7 @@ def save_training_state(
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
-    log.info("saved training state at step %d (epoch %d) to %s", progress.step, progress.epoch, path)
+    log.debug("saved training state at step %d (epoch %d) to %s", progress.step, progress.epoch, path)
     return path
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 
 from hashing import storage
 
@@ -35,16 +36,46 @@ class ResourceRequestTimeoutFilter(logging.Filter):
         return True
 
 
+def debug_logging() -> bool:
+    """True when the job runs at DEBUG (``HASHING_LOG_LEVEL``, set by ``--log-level`` / ``-v``): then
+    Ray's own INFO lines and progress output stay on."""
+    return os.environ.get(LOG_LEVEL_ENV, "INFO").upper() == "DEBUG"
+
+
+# Set in a process before Ray Data or Ray's C++ core start there: Ray Data's logging set-up (run when
+# ``ray.data`` is imported) resets its logger's level to this variable's, and the core reads its log level
+# (``core_worker.cc`` "Actor ... has constructor arguments in the object store" ERROR lines, printed for
+# Ray Data's and Ray Train's own actors and for nothing the job can change) once at start.
+QUIET_ENV = {"RAY_DATA_LOG_LEVEL": "WARNING", "RAY_BACKEND_LOG_LEVEL": "fatal"}
+
+
+def quiet_env() -> dict[str, str]:
+    """``QUIET_ENV`` less what this process's environment already sets (a user's choice wins); {} at
+    DEBUG."""
+    return {} if debug_logging() else {k: v for k, v in QUIET_ENV.items() if k not in os.environ}
+
+
 def quiet_ray_logs() -> None:
     """Install ``ResourceRequestTimeoutFilter`` in this process (the job's ``worker_process_setup_hook``);
-    Ray Data's INFO lines off unless the job runs at DEBUG (``HASHING_LOG_LEVEL``)."""
+    unless the job runs at DEBUG: Ray Data's INFO lines off (``QUIET_ENV``, also for a ``ray.data``
+    imported later in this process) and the deprecation warning Ray Train's dataset manager triggers in
+    Ray Data (``ExecutionOptions.exclude_resources``) ignored."""
     logger = logging.getLogger(_RESOURCE_REQUEST_LOGGER)
     if not any(isinstance(f, ResourceRequestTimeoutFilter) for f in logger.filters):
         logger.addFilter(ResourceRequestTimeoutFilter())
-    if os.environ.get(LOG_LEVEL_ENV, "INFO").upper() != "DEBUG":
-        # Ray Data runs parts of a job in actors (e.g. Ray Train's SplitCoordinator): their INFO lines too
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    if debug_logging():
+        return
+    os.environ.update(quiet_env())
+    warnings.filterwarnings("ignore", message=r".*ExecutionOptions\.exclude_resources.* is deprecated")
+    # Ray Data runs parts of a job in actors (e.g. Ray Train's SplitCoordinator): their INFO lines too
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
+def train_log_level() -> str:
+    """Ray Train's own console level (``RunConfig(logging_config=...)``): its worker-group, process-group,
+    checkpoint and "Reporting training result" lines only at DEBUG; warnings always."""
+    return "DEBUG" if debug_logging() else "WARNING"
 
 
 def setup_worker() -> None:
@@ -61,11 +92,13 @@ def setup_worker() -> None:
 
 def quiet_ray_output() -> None:
     """Ray's INFO logs and Ray Data's operator progress bars off in this process, unless the job runs at
-    DEBUG (``HASHING_LOG_LEVEL``, set by ``--log-level`` / ``-v``). Called after ``import ray``: Ray sets
-    its loggers up when imported. The jobs show one progress bar of their own per long step."""
+    DEBUG (``HASHING_LOG_LEVEL``, set by ``--log-level`` / ``-v``). Called before ``ray.init`` (the
+    ``QUIET_ENV`` variables then reach the local instance's processes too) and after ``import ray``: Ray
+    sets its loggers up when imported. The jobs show one progress bar of their own per long step."""
+    os.environ.update(quiet_env())
     import ray.data
 
-    if os.environ.get(LOG_LEVEL_ENV, "INFO").upper() == "DEBUG":
+    if debug_logging():
         return
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -56,7 +56,7 @@ def load_state_dict_file(model: nn.Module, path: Path) -> None:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise RuntimeError(f"weights in {path} do not fit {type(model).__name__}: {err}") from err
-    logger.info("loaded %d tensors into %s from %s", len(state), type(model).__name__, path)
+    logger.debug("loaded %d tensors into %s from %s", len(state), type(model).__name__, path)
 
 
 def init_random(model: nn.Module) -> None:

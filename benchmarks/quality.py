@@ -53,6 +53,7 @@ from benchmarks.cached_features import CachedFeatures
 from hashing.codes import pack_signs
 from hashing.config import ConfigError, load_config
 from hashing.data.builtin import CLASSES, PRESETS, TAG_VOCABULARY, builtin_samples
+from hashing.data.splits import SPLITS
 from hashing.data.tags import TagVocabulary
 from hashing.data.transforms import Preprocess
 from hashing.encoding import Encoder
@@ -65,7 +66,6 @@ from hashing.training import fit
 
 log = logging.getLogger("quality")
 
-SPLITS = ("train", "query", "database")
 DEEP_METHODS = ("idhn", "schn", "dsmhn", "udmsh", "dpsh")
 SHALLOW_METHODS = ("lsh", "itq", "float")
 ALL_METHODS = DEEP_METHODS + SHALLOW_METHODS

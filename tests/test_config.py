@@ -216,11 +216,12 @@ def test_one_error_lists_every_bad_key():
         "model.backbone: Input should be 'small_cnn', 'efficientnet_lite0' or 'mobilenet_v2' (got 'resnet')"
         in text
     )
-    # the allowed method keys are the IDHN constructor's own keyword arguments
-    own = [p for p in inspect.signature(method_class("idhn").__init__).parameters][6:]
+    # the allowed method keys: the IDHN constructor's own keyword arguments, then the base class's
+    own = [p.name for p in inspect.signature(method_class("idhn").__init__).parameters.values()
+           if p.kind is inspect.Parameter.KEYWORD_ONLY]
     assert own == ["alpha", "beta", "gamma", "theta_scale"]
     assert (
-        f"unknown key 'method.params.alpah' for method 'idhn'; allowed: pretrained_lr_scale, {', '.join(own)}"
+        f"unknown key 'method.params.alpah' for method 'idhn'; allowed: {', '.join(own)}, pretrained_lr_scale"
         in text
     )
 
@@ -246,9 +247,10 @@ def test_method_param_types_are_checked():
 
 def test_method_params_get_the_constructor_defaults():
     config = load_config(None, ["method.name=dpsh"])
-    defaults = {
+    defaults = {  # DPSH's own keyword arguments and, through its **common, the base class's
         name: p.default
-        for name, p in inspect.signature(method_class("dpsh").__init__).parameters.items()
+        for klass in (method_class("dpsh"), HashingMethod)
+        for name, p in inspect.signature(klass.__init__).parameters.items()
         if p.default is not inspect.Parameter.empty and name != "tag_vocab_size"
     }
     assert config.method.params == defaults

@@ -32,8 +32,22 @@ from hashing.models.backbone import Backbone
 Batch = dict[str, torch.Tensor]
 
 
+def sign_codes(x: torch.Tensor) -> torch.Tensor:
+    """Binary codes b = sign(x) in {-1, +1} with sign(0) = +1 (as ``hashing.codes.pack_signs``), same
+    shape and dtype as ``x``, without gradient."""
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+def label_graph(labels_a: torch.Tensor, labels_b: torch.Tensor) -> torch.Tensor:
+    """S_ij = 1[l_i^T l_j > 0]: float32[m, n] in {0, 1} from multi-hot float32[m, c], float32[n, c]."""
+    return ((labels_a.float() @ labels_b.float().T) > 0).float()
+
+
 class HashingMethod(nn.Module):
     """Base class. Subclasses define the networks the method adds, ``forward`` and ``encode_image``.
+
+    A subclass's constructor takes ``backbone, bits, num_classes``, its own hyperparameters as keywords
+    and ``**common`` (``tag_vocab_size``, ``pretrained_lr_scale``), passed on here unchanged.
 
     Args:
         backbone: image feature extractor (see ``hashing.models.backbone``).
@@ -78,10 +92,14 @@ class HashingMethod(nn.Module):
         """Relaxed text codes float32[b, K] from bag-of-words ``tags`` float32[b, V] (multimodal only)."""
         raise NotImplementedError(f"method {self.name!r} has no text network")
 
+    def check_phase(self, phase: str) -> None:
+        """Raise ValueError unless ``phase`` is one of ``phases``."""
+        if phase not in self.phases:
+            raise ValueError(f"method {self.name!r} has no phase {phase!r}; phases: {self.phases}")
+
     def phase_parameters(self, phase: str) -> list[nn.Parameter]:
         """Parameters that ``phase``'s optimizer updates. Default: all of them (single-phase methods)."""
-        if phase != "main":
-            raise ValueError(f"method {self.name!r} has no phase {phase!r}; phases: {self.phases}")
+        self.check_phase(phase)
         return list(self.parameters())
 
     def optimizer_groups(self, phase: str, lr: float) -> list[dict]:

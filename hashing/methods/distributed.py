@@ -37,6 +37,17 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     return gather_with_grad(x.detach()).detach()
 
 
+def symmetric_pair_term(m: torch.Tensor) -> torch.Tensor:
+    """The loss term for ``m``, the mean of a pair loss symmetric in (i, j) over this worker's rows x the
+    gathered rows (``gather``: columns without gradient): ``2 m - m.detach()``, value m, gradient 2 dm.
+
+    On the whole batch a local u_i sits on both sides of its pairs, so its gradient is twice that of the
+    rows x detached columns block; after DDP averages the workers' gradients they equal the
+    single-process gradients on the concatenated batch (and outside DDP, those of the batch itself).
+    """
+    return 2 * m - m.detach()
+
+
 def local_rows(global_batch_size: int, local_batch_size: int) -> slice:
     """Rows of the gathered global batch that belong to this worker."""
     rank, size = world()

@@ -6,12 +6,14 @@ entries); pairs span the global batch instead of its whole-training-set memory b
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as nnf
 from torch import nn
 
-from hashing.methods.base import Batch, HashingMethod
-from hashing.methods.distributed import gather
+from hashing.methods.base import Batch, HashingMethod, label_graph, sign_codes
+from hashing.methods.distributed import gather, symmetric_pair_term
 from hashing.models.backbone import Backbone
 
 
@@ -39,16 +41,9 @@ class DPSH(HashingMethod):
 
     name = "dpsh"
 
-    def __init__(
-        self,
-        backbone: Backbone,
-        bits: int,
-        num_classes: int,
-        tag_vocab_size: int = 0,
-        pretrained_lr_scale: float = 0.01,
-        eta: float = 0.1,
-    ) -> None:
-        super().__init__(backbone, bits, num_classes, tag_vocab_size, pretrained_lr_scale)
+    def __init__(self, backbone: Backbone, bits: int, num_classes: int, *, eta: float = 0.1,
+                 **common: Any) -> None:
+        super().__init__(backbone, bits, num_classes, **common)
         self.eta = eta
         self.hash_layer = nn.Linear(backbone.feature_dim, bits)
 
@@ -60,9 +55,8 @@ class DPSH(HashingMethod):
         """``{"loss", "likelihood", "quantization"}`` scalars for the local rows of the global batch."""
         u = self.encode_image(batch["image"])
         labels = batch["labels"]
-        s = (labels @ gather(labels).T > 0).float()
+        s = label_graph(labels, gather(labels))
         pairs = dpsh_pair_loss(u, gather(u), s).mean()
-        b = torch.where(u >= 0, 1.0, -1.0).detach()
-        quantization = ((u - b) ** 2).mean()
-        loss = 2 * pairs - pairs.detach() + self.eta * quantization
+        quantization = ((u - sign_codes(u)) ** 2).mean()
+        loss = symmetric_pair_term(pairs) + self.eta * quantization
         return {"loss": loss, "likelihood": pairs.detach(), "quantization": quantization.detach()}

@@ -6,13 +6,13 @@ jiangqy/DCMH-CVPR2017) as specified in METHODS.md, with the similarity term plug
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as nnf
 from torch import nn
 
-from hashing.methods.base import Batch, HashingMethod
+from hashing.methods.base import Batch, HashingMethod, label_graph, sign_codes
 from hashing.methods.distributed import gather, gather_with_grad, world
 from hashing.models.backbone import Backbone
 
@@ -99,8 +99,7 @@ class DSMHN(HashingMethod):
         backbone: Backbone,
         bits: int,
         num_classes: int,
-        tag_vocab_size: int = 0,
-        pretrained_lr_scale: float = 0.01,
+        *,
         similarity_loss: str = "nll",
         lam: float = 1.0,
         gamma: float = 1.0,
@@ -108,9 +107,10 @@ class DSMHN(HashingMethod):
         text_hidden: int = 8192,
         margin: float = 0.5,
         text_encoder: str = "bow",
+        **common: Any,
     ) -> None:
-        super().__init__(backbone, bits, num_classes, tag_vocab_size, pretrained_lr_scale)
-        if tag_vocab_size <= 0:
+        super().__init__(backbone, bits, num_classes, **common)
+        if self.tag_vocab_size <= 0:
             raise ValueError(
                 "DSMHN needs text tags: tag_vocab_size must be > 0 (a dataset with a `tags` vocabulary)"
             )
@@ -127,10 +127,10 @@ class DSMHN(HashingMethod):
         self.eta = eta
         self.margin = margin
         self.image_head = nn.Linear(backbone.feature_dim, bits)
-        text_in = tag_vocab_size
+        text_in = self.tag_vocab_size
         if text_encoder == "minilm":
             text_in = MINILM_DIM
-            self.register_buffer("tag_embeddings", torch.zeros(tag_vocab_size, MINILM_DIM))
+            self.register_buffer("tag_embeddings", torch.zeros(self.tag_vocab_size, MINILM_DIM))
         self.text_net = nn.Sequential(
             nn.Linear(text_in, text_hidden), nn.ReLU(), nn.Linear(text_hidden, bits)
         )
@@ -183,14 +183,14 @@ class DSMHN(HashingMethod):
         f = self.encode_image(batch["image"])
         g = self.encode_text(batch["tags"])
         labels = batch["labels"].float()
-        s = (labels @ gather(labels).T > 0).float()
+        s = label_graph(labels, gather(labels))
 
         def pairs(a: torch.Tensor, b: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
             return similarity_pair_loss(a, b, sim, self.similarity_loss, self.margin).mean()
 
         blocks = pairs(f, gather(g), s) + pairs(gather(f), g, s.T)
         j_sim = blocks - 0.5 * blocks.detach()
-        codes = torch.where(f + g >= 0, 1.0, -1.0).detach()
+        codes = sign_codes(f + g)
         j_quant = ((codes - f) ** 2).mean() + ((codes - g) ** 2).mean()
         j_bal = bit_balance(f) + bit_balance(g)
         j_label = sum(nnf.binary_cross_entropy_with_logits(self.classifier(x), labels) for x in (f, g))

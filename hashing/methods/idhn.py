@@ -5,12 +5,14 @@ Follows the original TensorFlow ``train.py`` (pectinid16/IDHN), not the DeepHash
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as nnf
 from torch import nn
 
 from hashing.methods.base import Batch, HashingMethod
-from hashing.methods.distributed import gather
+from hashing.methods.distributed import gather, symmetric_pair_term
 from hashing.models.backbone import Backbone
 
 
@@ -71,19 +73,10 @@ class IDHN(HashingMethod):
 
     name = "idhn"
 
-    def __init__(
-        self,
-        backbone: Backbone,
-        bits: int,
-        num_classes: int,
-        tag_vocab_size: int = 0,
-        pretrained_lr_scale: float = 0.01,
-        alpha: float = 0.1,
-        beta: float = 5.0,
-        gamma: float = 0.1,
-        theta_scale: float | None = None,
-    ) -> None:
-        super().__init__(backbone, bits, num_classes, tag_vocab_size, pretrained_lr_scale)
+    def __init__(self, backbone: Backbone, bits: int, num_classes: int, *, alpha: float = 0.1,
+                 beta: float = 5.0, gamma: float = 0.1, theta_scale: float | None = None,
+                 **common: Any) -> None:
+        super().__init__(backbone, bits, num_classes, **common)
         if theta_scale is not None and theta_scale <= 0:
             raise ValueError(f"IDHN theta_scale must be > 0 (or None for beta / K), got {theta_scale}")
         self.alpha = alpha
@@ -103,7 +96,7 @@ class IDHN(HashingMethod):
         labels = batch["labels"]
         s = label_cosine(labels, gather(labels))
         pairs = idhn_pair_loss(u, gather(u), s, self.beta, self.gamma).mean()
-        pairwise = 2 * pairs - pairs.detach()
+        pairwise = symmetric_pair_term(pairs)
         quantization = (u.abs() - 1).abs().mean()
         loss = pairwise + self.alpha * quantization
         return {"loss": loss, "pairwise": pairs.detach(), "quantization": quantization.detach()}

@@ -7,23 +7,18 @@ sharded data: the code matrix B is solved per global batch instead of kept for t
 from __future__ import annotations
 
 import itertools
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as nnf
 from torch import nn
 
-from hashing.methods.base import Batch, HashingMethod
+from hashing.methods.base import Batch, HashingMethod, label_graph, sign_codes
 from hashing.methods.distributed import gather, local_rows
 from hashing.models.backbone import Backbone
 
 LABEL_WIDTH = 512  # F_lab, and the width of the latent attention
 LATENT_WIDTH = 1024  # H
-
-
-def _sign(x: torch.Tensor) -> torch.Tensor:
-    """sign with sign(0) = +1, same dtype as ``x``."""
-    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
 
 def _mlp(*widths: int) -> nn.Sequential:
@@ -34,11 +29,6 @@ def _mlp(*widths: int) -> nn.Sequential:
             layers.append(nn.ReLU())
         layers.append(nn.Linear(cin, cout))
     return nn.Sequential(*layers)
-
-
-def label_graph(labels_a: torch.Tensor, labels_b: torch.Tensor) -> torch.Tensor:
-    """S_ij = 1[l_i^T l_j > 0]: float32[m, n] in {0, 1} from multi-hot float32[m, c], float32[n, c]."""
-    return ((labels_a.float() @ labels_b.float().T) > 0).float()
 
 
 def soft_similarity(labels: torch.Tensor) -> torch.Tensor:
@@ -78,12 +68,12 @@ def dcc_codes(q: torch.Tensor, u: torch.Tensor, sweeps: int = 3) -> torch.Tensor
     """
     if q.shape != u.shape:
         raise ValueError(f"DCC needs Q and U of the same shape, got {tuple(q.shape)} and {tuple(u.shape)}")
-    b = _sign(q)
+    b = sign_codes(q)
     gram = u.T @ u  # K x K: B' U'^T u_k = B G[:, k] - B[:, k] G[k, k]
     for _ in range(sweeps):
         for k in range(q.shape[1]):
             others = b @ gram[:, k] - b[:, k] * gram[k, k]
-            b[:, k] = _sign(q[:, k] - others)
+            b[:, k] = sign_codes(q[:, k] - others)
     return b
 
 
@@ -143,20 +133,10 @@ class SCHN(HashingMethod):
     name = "schn"
     phases: ClassVar[tuple[str, ...]] = ("main", "discriminator")
 
-    def __init__(
-        self,
-        backbone: Backbone,
-        bits: int,
-        num_classes: int,
-        tag_vocab_size: int = 0,
-        pretrained_lr_scale: float = 0.01,
-        alpha: float = 2.0,
-        beta: float = 0.1,
-        gamma: float = 10.0,
-        dropout: float = 0.5,
-        dcc_sweeps: int = 3,
-    ) -> None:
-        super().__init__(backbone, bits, num_classes, tag_vocab_size, pretrained_lr_scale)
+    def __init__(self, backbone: Backbone, bits: int, num_classes: int, *, alpha: float = 2.0,
+                 beta: float = 0.1, gamma: float = 10.0, dropout: float = 0.5, dcc_sweeps: int = 3,
+                 **common: Any) -> None:
+        super().__init__(backbone, bits, num_classes, **common)
         if num_classes <= 0:
             raise ValueError(f"SCHN needs labels: num_classes must be > 0, got {num_classes}")
         self.alpha = alpha
@@ -187,10 +167,9 @@ class SCHN(HashingMethod):
         disc = list(self.discriminators.parameters())
         if phase == "discriminator":
             return disc
-        if phase == "main":
-            disc_ids = {id(p) for p in disc}
-            return [p for p in self.parameters() if id(p) not in disc_ids]
-        raise ValueError(f"method {self.name!r} has no phase {phase!r}; phases: {self.phases}")
+        self.check_phase(phase)
+        disc_ids = {id(p) for p in disc}
+        return [p for p in self.parameters() if id(p) not in disc_ids]
 
     def _spaces(self, batch: Batch) -> dict[str, torch.Tensor]:
         """U_img, U_lab, U_lat, Û_img, Û_lab float[b, K] of the local rows, and the labels float[b, c]."""

@@ -12,7 +12,7 @@ buffers, so the model is saved, registered, encoded and searched like any deep m
 from __future__ import annotations
 
 import logging
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -214,9 +214,9 @@ class ShallowHashing(HashingMethod):
     trainable: ClassVar[bool] = False
     uses_labels: ClassVar[bool] = False
 
-    def __init__(self, backbone: Backbone, bits: int, num_classes: int = 0, tag_vocab_size: int = 0,
-                 pretrained_lr_scale: float = 0.01, seed: int = 0) -> None:
-        super().__init__(backbone, bits, num_classes, tag_vocab_size, pretrained_lr_scale)
+    def __init__(self, backbone: Backbone, bits: int, num_classes: int = 0, *, seed: int = 0,
+                 **common: Any) -> None:
+        super().__init__(backbone, bits, num_classes, **common)
         self.seed = seed
         backbone.requires_grad_(False)
         self.register_buffer("mean", torch.zeros(backbone.feature_dim))
@@ -259,9 +259,9 @@ class ITQMethod(ShallowHashing):
 
     name = "itq"
 
-    def __init__(self, backbone: Backbone, bits: int, num_classes: int = 0, tag_vocab_size: int = 0,
-                 pretrained_lr_scale: float = 0.01, seed: int = 0, iterations: int = 50) -> None:
-        super().__init__(backbone, bits, num_classes, tag_vocab_size, pretrained_lr_scale, seed)
+    def __init__(self, backbone: Backbone, bits: int, num_classes: int = 0, *, iterations: int = 50,
+                 **common: Any) -> None:
+        super().__init__(backbone, bits, num_classes, **common)
         self.iterations = iterations
 
     def _fit(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:

@@ -7,14 +7,14 @@ specified in METHODS.md; the similarity builder is ``hashing.methods.similarity`
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as nnf
 from torch import nn
 
-from hashing.methods.base import Batch, HashingMethod
-from hashing.methods.distributed import gather, local_rows
+from hashing.methods.base import Batch, HashingMethod, sign_codes
+from hashing.methods.distributed import gather, local_rows, symmetric_pair_term
 from hashing.methods.similarity import combined_distance, ssdh_similarity
 from hashing.models.backbone import Backbone
 
@@ -60,19 +60,10 @@ class UDMSH(HashingMethod):
     name = "udmsh"
     uses_labels: ClassVar[bool] = False
 
-    def __init__(
-        self,
-        backbone: Backbone,
-        bits: int,
-        num_classes: int = 0,
-        tag_vocab_size: int = 0,
-        pretrained_lr_scale: float = 0.01,
-        omega: float = 0.5,
-        confident_weight: float = 1.0,
-        graded_weight: float = 0.1,
-        quant_weight: float = 0.1,
-    ) -> None:
-        super().__init__(backbone, bits, num_classes, tag_vocab_size, pretrained_lr_scale)
+    def __init__(self, backbone: Backbone, bits: int, num_classes: int = 0, *, omega: float = 0.5,
+                 confident_weight: float = 1.0, graded_weight: float = 0.1, quant_weight: float = 0.1,
+                 **common: Any) -> None:
+        super().__init__(backbone, bits, num_classes, **common)
         if not 0.0 <= omega <= 1.0:
             raise ValueError(f"UDMSH omega must be in [0, 1], got {omega}")
         if omega < 1.0 and backbone.spatial_dim <= 0:
@@ -110,8 +101,7 @@ class UDMSH(HashingMethod):
 
         ``confident`` is the fraction of global-batch pairs with s = +1 or -1 (a diagnostic).
         """
-        if phase != "main":
-            raise ValueError(f"method {self.name!r} has no phase {phase!r}; phases: {self.phases}")
+        self.check_phase(phase)
         feats = self.backbone(batch["image"])
         u = self._codes(feats.global_)
         g_global = gather(feats.global_)
@@ -121,8 +111,8 @@ class UDMSH(HashingMethod):
         confident = s.abs() == 1
         w = torch.where(confident, self.confident_weight, self.graded_weight)
         pairs = (w * (code_affinity(u, gather(u)) - s) ** 2).mean()
-        pairwise = 2 * pairs - pairs.detach()
-        quantization = ((u - torch.where(u >= 0, 1.0, -1.0).detach()) ** 2).mean()
+        pairwise = symmetric_pair_term(pairs)
+        quantization = ((u - sign_codes(u)) ** 2).mean()
         loss = pairwise + self.quant_weight * quantization
         return {
             "loss": loss,

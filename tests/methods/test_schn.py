@@ -11,7 +11,8 @@ from sklearn.datasets import load_digits
 
 from hashing.encoding import Encoder
 from hashing.methods import build_method
-from hashing.methods.schn import SCHN, dcc_codes, dcc_objective, label_graph, soft_similarity
+from hashing.methods.base import label_graph
+from hashing.methods.schn import SCHN, dcc_codes, dcc_objective, soft_similarity
 from hashing.models.small_cnn import SmallCNN
 from hashing.training import fit, make_optimizers
 

@@ -1,34 +1,47 @@
 """The query service on Ray Serve: top-k Hamming search over the champion's code shards, over HTTP.
 
-    plan = plan_service(config, partitions=2)    # champion pinned, its database parts split in N groups
-    url = start_service(plan, host="127.0.0.1", port=8000)
+    plan = plan_service(config, partitions=2)    # champion resolved, its database parts split in N groups
+    url = start_service(plan, host="127.0.0.1", port=8000)                  # pinned: one application
+    url = start_service(plan, host="127.0.0.1", port=8000, following=True)  # + hashing.serving_follow
 
-Deployments (one Serve application, ``APP_NAME``):
+Deployments:
 
-- ``Partition{p}`` (p = 0 .. N-1, one replica each): owns a contiguous run of the split's code-shard
-  parts (dataset order) and its own exact ``MultiIndexHash`` (``hashing.index.HammingIndex`` backend
-  ``mih``) over them; answers its own top-k and looks keys up.
-- ``Search`` (the HTTP ingress, FastAPI): turns a request into a query code (the stored code of a key,
-  or an uploaded image encoded by the model version whose codes are served), fans it out to every
-  partition and merges their top-k exactly with ``hashing.index.merge_topk``: partition p's rows get
-  global ids ``p << PARTITION_SHIFT | row``, so (distance, global id) order is (distance, database
-  position) order, and the answer is the one ``hashing search`` gives, ties included.
+- ``Partition{p}`` (p = 0 .. N-1, ``partition_replicas`` replicas each): owns a contiguous run of the
+  split's code-shard parts (dataset order) and its own exact ``MultiIndexHash``
+  (``hashing.index.HammingIndex`` backend ``mih``) over them; answers its own top-k and looks keys up.
+- ``Search`` (the HTTP ingress, FastAPI, one replica): turns a request into a query code (the stored
+  code of a key, an uploaded image encoded by the model version whose codes are served, or tags through
+  that version's text network), fans it out to every partition and merges their top-k exactly with
+  ``hashing.index.merge_topk``: partition p's rows get global ids ``p << PARTITION_SHIFT | row``, so
+  (distance, global id) order is (distance, database position) order, and the answer is the one
+  ``hashing search`` gives, ties included.
+
+Pinned (``build_app``, also ``app_builder``), both are one Serve application, ``APP_NAME``. Following
+the registry (``start_service(..., following=True)``), each version's partitions are Serve applications
+of their own without a route (``codes_app_names``: ``hashing-codes-v{N}-p{p}``) and ``Search.switch``
+moves the ingress from one version to the next. Either way the ingress holds the served version as one
+``VersionBundle`` (plan, encoder, partition handles, the other split's codes) and a request takes it once,
+at its start: every answer comes wholly from one version, whose number it carries.
 
 HTTP (JSON answers ``{"model": name, "version": v, "results": [{"key", "distance", "labels"}, ...]}``):
 
 - ``GET /search?key=KEY&k=K``: neighbours of a stored sample (looked up in the database split, then in
   the query split, as ``hashing search --key``).
 - ``POST /search/image?k=K`` with the image file as the body (PNG/JPEG/WebP).
+- ``GET /search/text?q=TAG,TAG&k=K``: comma-separated tags of the dataset's vocabulary -> the model's
+  text network (multimodal methods such as DSMHN), as ``hashing search --text``.
 - ``GET /health``: the model, the split, its size and the partitions.
 - ``GET /``: the web page (``hashing/web/index.html``): a search form, the results as thumbnails.
 - ``GET /thumbnail?key=KEY``: the stored image of a dataset sample as PNG (``hashing.thumbnails``).
 
 Bad requests get a 4xx JSON ``{"error": message}``: k outside ``[1, max_k]`` 400, a body that is not an
-image 400, an upload over ``max_upload_bytes`` 413 (an image over the pixel limit too), an unknown key 404.
+image 400, an upload over ``max_upload_bytes`` 413 (an image over the pixel limit too), an unknown key 404,
+a text query to a model without a text network or without a known tag 400. A partition that fails to
+answer (its replica died) makes the request a 503 with ``Retry-After`` (never a merge of the others);
+a bug a 500 ``{"error": ...}`` (the traceback goes to the replica's log).
 
-The service is pinned to the version it resolved at start; following ``champion`` when it moves is
-not done in the service (restart it; on Kubernetes, ``infra/rayservice.yaml`` deploys ``app_builder``
-and the nightly CronJob replaces the cluster after a promotion, see ``infra/README.md``).
+On Kubernetes, ``infra/rayservice.yaml`` deploys ``app_builder`` (pinned) and the nightly CronJob moves
+the RayService to the new champion after a promotion, see ``infra/README.md``.
 """
 
 import asyncio
@@ -43,11 +56,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
-from hashing import storage, tracking
+from hashing import storage
 from hashing.code_shards import CodeShardError, list_parts, load_split, part_name
 from hashing.config import Config
 from hashing.data.schema import label_names, load_manifest
 from hashing.errors import InputError, UserError
+from hashing.mlflow.logged_model import load_hashing_model
+from hashing.mlflow.names import CODES_URI
+from hashing.mlflow.registry import codes_location, resolve_section_model, version_tags
+from hashing.mlflow.runs import setup_tracking
 from hashing.thumbnails import ThumbnailStore, UnknownKeyError
 from hashing.web import index_html
 
@@ -111,11 +128,9 @@ def plan_service(config: Config, partitions: int, split: str = "database", encod
         CodeShardError: code parts missing (``encoded_only``: or no ``codes_uri`` tag).
         InputError: ``partitions`` not in ``[1, number of parts]``.
     """
-    tracking_uri = tracking.setup_tracking(config)
+    tracking_uri = setup_tracking(config)
     manifest = load_manifest(config.dataset.uri)
-    model = tracking.resolve_section_model(config.search, config.method.name, manifest.name)
-    from hashing.registry import CODES_URI, codes_location, version_tags
-
+    model = resolve_section_model(config.search, config.method.name, manifest.name)
     if encoded_only and not version_tags(model).get(CODES_URI):
         raise CodeShardError(f"models:/{model.name}/{model.version} has no {CODES_URI} tag yet: its encode "
                              "has not finished")
@@ -229,7 +244,7 @@ def load_bundle(plan: ServicePlan, partitions: list) -> VersionBundle:
 
     storage.use_s3_endpoint(plan.s3_endpoint)
     mlflow.set_tracking_uri(plan.tracking_uri)
-    method, model_config = tracking.load_hashing_model(plan.model_uri)
+    method, model_config = load_hashing_model(plan.model_uri)
     encoder = Encoder(method, model_config.dataset.image_size, batch_size=1)
     other_codes: dict[str, np.ndarray] = {}
     if plan.other_split:
@@ -240,6 +255,25 @@ def load_bundle(plan: ServicePlan, partitions: list) -> VersionBundle:
         except CodeShardError as exc:
             log.warning("keys of the %s split cannot be looked up: %s", plan.other_split, exc)
     return VersionBundle(plan, encoder, partitions, other_codes)
+
+
+async def fan_out(bundle: VersionBundle, method: str, *args: object) -> list:
+    """``method(*args)`` on every partition of ``bundle``, their answers in partition order.
+
+    Raises ``ServiceError`` 503 when any partition failed (a replica died, say): a merge of the others
+    would be a wrong answer, so none is given."""
+    answers = await asyncio.gather(*[getattr(p, method).remote(*args) for p in bundle.partitions],
+                                   return_exceptions=True)
+    failed = [(p, a) for p, a in enumerate(answers) if isinstance(a, Exception)]
+    if failed:
+        plan = bundle.plan
+        log.warning("partitions %s of models:/%s/%d failed: %s", [p for p, _ in failed], plan.model_name,
+                    plan.model_version, failed[0][1])
+        partition, error = failed[0]
+        raise ServiceError(503, f"partition {partition} of {plan.model_name} v{plan.model_version} did not "
+                                f"answer ({type(error).__name__}); it is being restarted: retry in "
+                                f"{RETRY_AFTER_S} s")
+    return answers
 
 
 api = FastAPI(title="hashing search")
@@ -293,7 +327,7 @@ class Search:
     async def health(self) -> JSONResponse:
         with self.bundle.serving() as bundle:
             try:
-                infos = await self._fan_out(bundle, "info")
+                infos = await fan_out(bundle, "info")
             except ServiceError as exc:
                 return exc.response()
             plan = bundle.plan
@@ -362,27 +396,10 @@ class Search:
             raise ServiceError(400, f"k must be an integer in [1, {self.plan.max_k}], got {k!r}")
         return value
 
-    async def _fan_out(self, bundle: VersionBundle, method: str, *args: object) -> list:
-        """``method(*args)`` on every partition of ``bundle``, their answers in partition order.
-
-        Raises ``ServiceError`` 503 when any partition failed (a replica died, say): a merge of the
-        others would be a wrong answer, so none is given."""
-        answers = await asyncio.gather(*[getattr(p, method).remote(*args) for p in bundle.partitions],
-                                       return_exceptions=True)
-        failed = [(p, a) for p, a in enumerate(answers) if isinstance(a, Exception)]
-        if failed:
-            plan = bundle.plan
-            log.warning("partitions %s of models:/%s/%d failed: %s", [p for p, _ in failed], plan.model_name,
-                        plan.model_version, failed[0][1])
-            raise ServiceError(503, f"partition {failed[0][0]} of {plan.model_name} v{plan.model_version} "
-                                    f"did not answer ({type(failed[0][1]).__name__}); it is being restarted: "
-                                    f"retry in {RETRY_AFTER_S} s")
-        return answers
-
     async def _key_code(self, key: str, bundle: VersionBundle | None = None) -> np.ndarray:
         """The stored code uint8[1, B] of ``key`` in ``bundle`` (default: the version served now)."""
         bundle = bundle or self.bundle
-        codes = await self._fan_out(bundle, "code_of", key)
+        codes = await fan_out(bundle, "code_of", key)
         found = next((c for c in codes if c is not None), None)
         if found is None:
             found = bundle.other_codes.get(key)
@@ -459,7 +476,7 @@ class Search:
     async def _answer(self, query: np.ndarray, k: int, bundle: VersionBundle | None = None) -> dict:
         """The top-k of a query code uint8[1, B] over ``bundle``'s partitions (default: now's), merged."""
         bundle = bundle or self.bundle
-        answers = await self._fan_out(bundle, "search", query, k)
+        answers = await fan_out(bundle, "search", query, k)
         from hashing.index import merge_topk
 
         distances, ids = merge_topk([(a["distances"], a["ids"], p << PARTITION_SHIFT)

@@ -1,19 +1,30 @@
-"""hashing/serving_app.py without a running service: how the code parts are split over partitions, and
-the args of ``app_builder`` (the Serve import path of infra/rayservice.yaml)."""
+"""hashing/serving_app.py and hashing/serving_follow.py without a running service: how the code parts are
+split over partitions, the args of ``app_builder`` (the Serve import path of infra/rayservice.yaml), a
+failed partition's 503, the version switch's drain, and the follower waiting for complete codes."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import pickle
+from dataclasses import asdict
+from types import SimpleNamespace
 
 import pytest
 
+from hashing.code_shards import CodeShardError
 from hashing.errors import InputError
 from hashing.serving_app import (
     DEFAULT_CPUS,
     MAX_UPLOAD_BYTES,
     PARTITION_SHIFT,
+    RETRY_AFTER_S,
     AppArgs,
+    ServiceError,
     ServicePlan,
+    VersionBundle,
+    codes_app_names,
+    fan_out,
     parse_app_args,
     split_contiguous,
 )
@@ -99,3 +110,103 @@ def test_app_builder_loads_the_config_and_plans_from_args(monkeypatch, tmp_path)
                     "max_upload_bytes": MAX_UPLOAD_BYTES}
     with pytest.raises(InputError):
         serving_app.app_builder({"config": str(config_path), "partitions": -1})
+
+
+# --- following the registry, failed partitions (no Ray: fake partition handles) ---------------------------
+
+def _plan(version: int = 3, partitions: int = 2) -> ServicePlan:
+    return ServicePlan(model_name="m", model_version=version, model_uri=f"models:/m/{version}",
+                       codes_uri="/c", split="database", classes=None, tracking_uri="sqlite:///x",
+                       partitions=[[("database/shard-000000.tar", "ab")]] * partitions)
+
+
+class _Method:
+    """A fake partition method: ``remote`` gives an awaitable of ``answer`` (raised if an exception)."""
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+
+    def remote(self, *args):
+        async def result():
+            if isinstance(self.answer, Exception):
+                raise self.answer
+            return self.answer
+        return result()
+
+
+class _Partition:
+    def __init__(self, answer) -> None:
+        self.info = _Method(answer)
+
+
+def test_codes_apps_are_named_by_version_and_partition() -> None:
+    assert codes_app_names(_plan(version=4, partitions=3)) == [
+        "hashing-codes-v4-p0", "hashing-codes-v4-p1", "hashing-codes-v4-p2"]
+
+
+def test_a_failed_partition_is_a_503_with_retry_after_not_a_merge_of_the_others() -> None:
+    from ray.exceptions import ActorDiedError
+
+    ok = VersionBundle(_plan(), encoder=None, partitions=[_Partition({"size": 1})] * 2, other_codes={})
+    assert asyncio.run(fan_out(ok, "info")) == [{"size": 1}, {"size": 1}]
+
+    broken = VersionBundle(_plan(), encoder=None, other_codes={},
+                           partitions=[_Partition({"size": 1}), _Partition(ActorDiedError())])
+    with pytest.raises(ServiceError) as failed:
+        asyncio.run(fan_out(broken, "info"))
+    assert failed.value.status == 503
+    assert "partition 1 of m v3" in str(failed.value) and "retry" in str(failed.value)
+    response = failed.value.response()
+    assert response.status_code == 503 and response.headers["retry-after"] == str(RETRY_AFTER_S)
+    assert json.loads(response.body) == {"error": str(failed.value)}
+
+
+def test_switch_swaps_the_bundle_and_returns_only_when_the_old_ones_requests_are_done(monkeypatch) -> None:
+    """``Search.switch`` on a stand-in replica: new requests see the new bundle at once, the call waits
+    for the request still running on the old one."""
+    from hashing import serving_app
+
+    old = VersionBundle(_plan(version=1), encoder=None, partitions=[], other_codes={})
+    new = VersionBundle(_plan(version=2), encoder=None, partitions=[], other_codes={})
+    switch = serving_app.Search.func_or_class.switch
+    # serve.ingress keeps a cloudpickled copy of the class: its methods see a copy of the module's globals
+    monkeypatch.setitem(switch.__globals__, "load_bundle", lambda plan, partitions: new)
+    monkeypatch.setitem(switch.__globals__, "partition_handles", lambda plan: [])
+    replica = SimpleNamespace(bundle=old)
+    events = []
+
+    async def request_on_old_bundle() -> None:
+        with replica.bundle.serving():
+            await asyncio.sleep(0.2)
+            events.append(("old request done", replica.bundle.plan.model_version))
+
+    async def scenario() -> dict:
+        running = asyncio.create_task(request_on_old_bundle())
+        await asyncio.sleep(0.05)
+        result = await switch(replica, asdict(new.plan))
+        events.append(("switched", old.in_flight))
+        await running
+        return result
+
+    result = asyncio.run(scenario())
+    assert result == {"version": 2, "previous": 1, "drained": 1}
+    assert events == [("old request done", 2), ("switched", 0)]  # the swap came first, the return after
+    assert replica.bundle is new
+
+
+def test_follower_keeps_serving_and_says_why_once_while_codes_are_incomplete(monkeypatch, caplog) -> None:
+    from hashing import serving_follow
+
+    def plan_service(config, partitions, split, encoded_only, **options):
+        assert (partitions, split, encoded_only) == (2, "database", True)
+        raise CodeShardError("models:/m/4 has no codes_uri tag yet: its encode has not finished")
+
+    monkeypatch.setattr(serving_follow, "plan_service", plan_service)
+    monkeypatch.setattr(serving_follow, "deploy_codes", lambda plan: pytest.fail("nothing to deploy"))
+    follower = serving_follow.Follower(config=None, plan=_plan(version=3))
+    with caplog.at_level("INFO", logger="serve"):
+        assert not follower.poll()
+        assert not follower.poll()
+    assert follower.plan.model_version == 3
+    assert [r.getMessage() for r in caplog.records] == [
+        "keeping models:/m/3: models:/m/4 has no codes_uri tag yet: its encode has not finished"]

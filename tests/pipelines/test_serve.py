@@ -7,36 +7,23 @@ order), and bad requests get 4xx with a message.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import tarfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import free_port
+from tests.pipelines.serve_client import call, expected_hits
 
 pytestmark = pytest.mark.slow
 
 UPLOAD_LIMIT = 64 * 1024
-
-
-def _call(url: str, data: bytes | None = None, timeout: float = 60) -> tuple[int, dict]:
-    """(status, JSON body) of a GET (or a POST of ``data``)."""
-    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
-                                     headers={"Content-Type": "application/octet-stream"} if data else {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 @pytest.fixture(scope="module")
@@ -75,15 +62,8 @@ def _codes(model_registry, model, split: str = "database"):
     return load_split(f"{model_registry.root}/codes/{model.name}/v{model.version}/{split}")
 
 
-def _expected(model_registry, k: int, **query: str) -> list[dict]:
-    from hashing.jobs.search import run_search
-
-    result = run_search(model_registry.config(f"search.k={k}", "search.backend=mih"), **query)
-    return [{"key": h.key, "distance": h.distance, "labels": h.labels} for h in result.hits]
-
-
 def test_health_names_the_champion_and_two_partitions_of_the_database(model_registry, service) -> None:
-    status, body = _call(f"{service['url']}/health")
+    status, body = call(f"{service['url']}/health")
     assert status == 200
     assert (body["model"], body["version"]) == (service["model"].name, service["model"].version)
     assert [p["partition"] for p in body["partitions"]] == [0, 1]
@@ -97,11 +77,11 @@ def test_health_names_the_champion_and_two_partitions_of_the_database(model_regi
 def test_key_answers_equal_hashing_search(model_registry, service, split, row, k) -> None:
     key = str(_database(model_registry, service, split).keys[row])
 
-    status, body = _call(f"{service['url']}/search?key={key}&k={k}")
+    status, body = call(f"{service['url']}/search?key={key}&k={k}")
 
     assert status == 200, body
     assert (body["model"], body["version"]) == (service["model"].name, service["model"].version)
-    expected = _expected(model_registry, k, key=key)
+    expected = expected_hits(model_registry, k, key=key)
     assert body["results"] == expected  # same keys, distances, labels, order (ties in database order)
     assert len(body["results"]) == min(k, len(_database(model_registry, service)))
 
@@ -115,10 +95,10 @@ def test_image_upload_is_encoded_by_the_served_version(model_registry, service, 
 
     size = len(_database(model_registry, service))  # every item: the upload's own is among them
 
-    status, body = _call(f"{service['url']}/search/image?k={size}", data)
+    status, body = call(f"{service['url']}/search/image?k={size}", data)
 
     assert status == 200, body
-    assert body["results"] == _expected(model_registry, size, image=str(tmp_path / "item.png"))
+    assert body["results"] == expected_hits(model_registry, size, image=str(tmp_path / "item.png"))
     found = {r["key"]: r["distance"] for r in body["results"]}
     assert found[name.removesuffix(".png")] == 0  # encoded to its stored code, by the served version
 
@@ -129,18 +109,21 @@ def test_bad_requests_get_4xx_with_a_message(service) -> None:
         "not an image": (f"{url}/search/image?k=5", b"this is not an image", 400),
         "oversized upload": (f"{url}/search/image?k=5", b"\x89PNG" + b"\0" * UPLOAD_LIMIT, 413),
         "unknown key": (f"{url}/search?key=no-such-key&k=5", None, 404),
+        "text on an image-only model": (f"{url}/search/text?q=dress&k=5", None, 400),
         "k = 0": (f"{url}/search?key=anything&k=0", None, 400),
         "k too large": (f"{url}/search?key=anything&k=1000001", None, 400),
         "k not a number": (f"{url}/search?key=anything&k=ten", None, 400),
     }
     for what, (target, data, expected) in cases.items():
-        status, body = _call(target, data)
+        status, body = call(target, data)
         assert status == expected, (what, status, body)
         assert body["error"], what
-    _, body = _call(f"{url}/search?key=no-such-key&k=5")
+    _, body = call(f"{url}/search?key=no-such-key&k=5")
     assert "no-such-key" in body["error"]
-    _, body = _call(f"{url}/search?key=x&k=0")
+    _, body = call(f"{url}/search?key=x&k=0")
     assert "k must be" in body["error"]
+    _, body = call(f"{url}/search/text?q=dress&k=5")
+    assert "has no text network" in body["error"] and "dsmhn" in body["error"]  # how to fix it
 
 
 def test_hashing_serve_command_serves_until_interrupted(model_registry, champion, tmp_path: Path) -> None:
@@ -161,9 +144,9 @@ def test_hashing_serve_command_serves_until_interrupted(model_registry, champion
             assert time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.5)
         key = str(_codes(model_registry, champion, "query").keys[0])
-        status, body = _call(f"http://127.0.0.1:{port}/search?key={key}&k=7")
+        status, body = call(f"http://127.0.0.1:{port}/search?key={key}&k=7")
         assert status == 200, body
-        assert body["results"] == _expected(model_registry, 7, key=key)
+        assert body["results"] == expected_hits(model_registry, 7, key=key)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
     finally:

@@ -42,11 +42,10 @@ def debug_logging() -> bool:
     return os.environ.get(LOG_LEVEL_ENV, "INFO").upper() == "DEBUG"
 
 
-# Set in a process before Ray Data or Ray's C++ core start there: Ray Data's logging set-up (run when
-# ``ray.data`` is imported) resets its logger's level to this variable's, and the core reads its log level
-# (``core_worker.cc`` "Actor ... has constructor arguments in the object store" ERROR lines, printed for
-# Ray Data's and Ray Train's own actors and for nothing the job can change) once at start.
-QUIET_ENV = {"RAY_DATA_LOG_LEVEL": "WARNING", "RAY_BACKEND_LOG_LEVEL": "fatal"}
+# Set in a process before Ray Data starts there: Ray Data's logging set-up (run when ``ray.data`` is
+# imported) resets its logger's level to this variable's. (Not RAY_BACKEND_LOG_LEVEL for the C++ core's
+# "constructor arguments in the object store" ERROR lines: setting it prints a line of its own per process.)
+QUIET_ENV = {"RAY_DATA_LOG_LEVEL": "WARNING"}
 
 
 def quiet_env() -> dict[str, str]:

@@ -210,3 +210,45 @@ def test_workers_query_their_own_cluster_when_several_rays_run_on_the_machine(tm
     finally:
         other.stdin.close()
         other.wait(timeout=60)
+
+
+def test_quiet_env_leaves_a_users_choice_and_debug_alone(monkeypatch) -> None:
+    monkeypatch.setenv(ray_session.LOG_LEVEL_ENV, "INFO")
+    for name in ray_session.QUIET_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert ray_session.quiet_env() == ray_session.QUIET_ENV
+    monkeypatch.setenv("RAY_DATA_LOG_LEVEL", "INFO")  # set by the user: kept
+    assert ray_session.quiet_env() == {}
+    assert ray_session.train_log_level() == "WARNING"
+    monkeypatch.setenv(ray_session.LOG_LEVEL_ENV, "DEBUG")
+    assert ray_session.quiet_env() == {} and ray_session.train_log_level() == "DEBUG"
+
+
+WORKER_DATA_LEVEL = textwrap.dedent("""
+    import logging
+    import ray
+    from hashing.ray_session import init_ray
+
+    @ray.remote(num_cpus=0)
+    def ray_data_level() -> int:
+        import ray.data  # its logging set-up runs now, after the worker's setup hook
+
+        return logging.getLogger("ray.data").level
+
+    init_ray(None, 1)
+    print("ray.data level in a worker:", ray.get(ray_data_level.remote()), flush=True)
+    ray.shutdown()
+""")
+
+
+@pytest.mark.slow
+def test_ray_data_imported_in_a_worker_stays_at_warning(tmp_path) -> None:
+    """Ray Data resets its logger's level when imported: the worker hook's level must survive that."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
+    for name in ("RAY_DATA_LOG_LEVEL", "HASHING_LOG_LEVEL"):
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, "-c", WORKER_DATA_LEVEL], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=180, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert f"ray.data level in a worker: {logging.WARNING}" in out, out[-3000:]

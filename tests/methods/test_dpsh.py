@@ -5,28 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 from benchmarks.cached_features import CachedFeatures
 from hashing.methods.dpsh import DPSH, dpsh_pair_loss
 from hashing.models.small_cnn import SmallCNN
 from hashing.training import fit
+from tests.methods.digits import digits_batch
 
 torch.set_num_threads(1)
-
-
-def digits_batch(n: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Real 8x8 digits upsampled to 3x16x16; labels = [digit one-hot (10), even, >= 5] (multi-label)."""
-    digits = load_digits()
-    idx = np.random.default_rng(seed).choice(len(digits.target), n, replace=False)
-    img = np.kron(digits.images[idx] / 16.0, np.ones((2, 2)))
-    images = torch.tensor((img - 0.5) / 0.5, dtype=torch.float32)[:, None].repeat(1, 3, 1, 1)
-    y = digits.target[idx]
-    labels = np.zeros((n, 12), dtype=np.float32)
-    labels[np.arange(n), y] = 1
-    labels[:, 10] = y % 2 == 0
-    labels[:, 11] = y >= 5
-    return {"image": images, "labels": torch.tensor(labels)}
 
 
 def test_forward_equals_numpy_reference():
@@ -63,7 +49,7 @@ def test_pair_loss_is_stable_for_large_inner_products():
 
 def test_overfit_small_batch():
     torch.manual_seed(0)
-    batch = digits_batch(32)
+    batch = digits_batch(32, parity_and_size=True)
     method = DPSH(SmallCNN(), bits=16, num_classes=12)
     history = fit(method, lambda epoch: [batch], epochs=25, lr=3e-3)
     losses = [h["loss"] for h in history]

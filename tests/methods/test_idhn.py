@@ -7,29 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 from benchmarks.cached_features import CachedFeatures
 from hashing.encoding import Encoder
 from hashing.methods.idhn import IDHN, idhn_pair_loss, label_cosine
 from hashing.models.small_cnn import SmallCNN
 from hashing.training import fit
+from tests.methods.digits import digits_batch
 
 torch.set_num_threads(1)
-
-
-def digits_batch(n: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Real 8x8 digits upsampled to 3x16x16; labels = [digit one-hot (10), even, >= 5] (multi-label)."""
-    digits = load_digits()
-    idx = np.random.default_rng(seed).choice(len(digits.target), n, replace=False)
-    img = np.kron(digits.images[idx] / 16.0, np.ones((2, 2)))
-    images = torch.tensor((img - 0.5) / 0.5, dtype=torch.float32)[:, None].repeat(1, 3, 1, 1)
-    y = digits.target[idx]
-    labels = np.zeros((n, 12), dtype=np.float32)
-    labels[np.arange(n), y] = 1
-    labels[:, 10] = y % 2 == 0
-    labels[:, 11] = y >= 5
-    return {"image": images, "labels": torch.tensor(labels)}
 
 
 def test_label_cosine_matches_definition():
@@ -100,7 +86,7 @@ def test_forward_equals_independent_loss():
 
 def test_overfit_small_batch_and_codes_follow_labels():
     torch.manual_seed(0)
-    batch = digits_batch(32)
+    batch = digits_batch(32, parity_and_size=True)
     method = IDHN(SmallCNN(), bits=16, num_classes=12)
     history = fit(method, lambda epoch: [batch], epochs=30, lr=3e-3)
     assert history[-1]["loss"] < 0.6 * history[0]["loss"], [h["loss"] for h in history]

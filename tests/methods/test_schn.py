@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as nnf
-from sklearn.datasets import load_digits
 
 from hashing.encoding import Encoder
 from hashing.methods import build_method
@@ -15,20 +14,9 @@ from hashing.methods.base import label_graph
 from hashing.methods.schn import SCHN, dcc_codes, dcc_objective, soft_similarity
 from hashing.models.small_cnn import SmallCNN
 from hashing.training import fit, make_optimizers
+from tests.methods.digits import digits_batch
 
 torch.set_num_threads(1)
-
-
-def digits_batch(n: int = 24, classes: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Real 8x8 digits 0..classes-1 upsampled to 3x16x16, one-hot labels float32[n, classes]."""
-    digits = load_digits()
-    pool = np.flatnonzero(digits.target < classes)
-    idx = np.random.default_rng(seed).choice(pool, n, replace=False)
-    img = np.kron(digits.images[idx] / 16.0, np.ones((2, 2)))
-    images = torch.tensor((img - 0.5) / 0.5, dtype=torch.float32)[:, None].repeat(1, 3, 1, 1)
-    labels = np.zeros((n, classes), dtype=np.float32)
-    labels[np.arange(n), digits.target[idx]] = 1
-    return {"image": images, "labels": torch.tensor(labels)}
 
 
 def dcc_problem(n: int = 12, k: int = 8, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -117,7 +105,7 @@ def test_phase_parameters_split_all_parameters_between_main_and_discriminator():
 def test_main_loss_reaches_backbone_and_hash_layers_but_not_discriminators():
     torch.manual_seed(0)
     method = SCHN(SmallCNN(), bits=16, num_classes=4)
-    out = method(digits_batch(12))
+    out = method(digits_batch(12, classes=4))
     assert set(out) == {"loss", "code_img", "code_lab", "code_lat", "recon", "adversarial"}
     assert torch.isfinite(out["loss"])
     out["loss"].backward()
@@ -140,7 +128,7 @@ def test_a_phase_step_changes_exactly_that_phase_parameters(phase: str):
     optimizers = make_optimizers(method, lr=1e-3)
     before = {name: p.detach().clone() for name, p in method.named_parameters()}
     optimizers[phase].zero_grad()
-    method(digits_batch(12), phase=phase)["loss"].backward()
+    method(digits_batch(12, classes=4), phase=phase)["loss"].backward()
     optimizers[phase].step()
     own = {id(p) for p in method.phase_parameters(phase)}
     for name, p in method.named_parameters():
@@ -151,7 +139,7 @@ def test_a_phase_step_changes_exactly_that_phase_parameters(phase: str):
 def test_discriminator_phase_trains_discriminators_on_detached_codes():
     torch.manual_seed(0)
     method = SCHN(SmallCNN(), bits=16, num_classes=4)
-    out = method(digits_batch(12), phase="discriminator")
+    out = method(digits_batch(12, classes=4), phase="discriminator")
     assert set(out) == {"loss", "real", "fake"}
     out["loss"].backward()
     for name, p in method.named_parameters():
@@ -160,7 +148,7 @@ def test_discriminator_phase_trains_discriminators_on_detached_codes():
 
 def test_missing_labels_or_unknown_phase_raise():
     method = SCHN(SmallCNN(), bits=8, num_classes=4)
-    batch = digits_batch(4)
+    batch = digits_batch(4, classes=4)
     with pytest.raises(KeyError, match="labels"):
         method({"image": batch["image"]})
     with pytest.raises(ValueError, match="no phase"):
@@ -169,7 +157,7 @@ def test_missing_labels_or_unknown_phase_raise():
 
 def test_overfit_small_batch_and_codes_follow_labels():
     torch.manual_seed(0)
-    batch = digits_batch(24)
+    batch = digits_batch(24, classes=4)
     method = build_method("schn", backbone=SmallCNN(), bits=16, num_classes=4)
     history = fit(method, lambda epoch: [batch], epochs=30, lr=1e-3)
     losses = [h["main/loss"] for h in history]
@@ -210,7 +198,7 @@ def test_cycle_and_adversarial_terms_reach_only_the_cycle_module_and_latent_spac
     torch.manual_seed(0)
     method = SCHN(SmallCNN(), bits=16, num_classes=4, dropout=0.0)
     assert {name.split(".")[0] for name, _ in method.named_parameters()} == ALL_MODULES
-    batch = digits_batch(12)
+    batch = digits_batch(12, classes=4)
     sp = method._spaces(batch)
     fake = method._discriminate(sp["rec_img"], sp["rec_lab"], train=False)
     adversarial = nnf.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))

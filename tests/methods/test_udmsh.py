@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import norm
-from sklearn.datasets import load_digits
 from sklearn.metrics.pairwise import cosine_distances
 
 from benchmarks.cached_features import CachedFeatures
@@ -16,19 +15,9 @@ from hashing.methods.similarity import combined_distance, ssdh_similarity, ssdh_
 from hashing.methods.udmsh import UDMSH, code_affinity
 from hashing.models.small_cnn import SmallCNN
 from hashing.training import fit
+from tests.methods.digits import digits_batch
 
 torch.set_num_threads(1)
-
-
-def digits_batch(n: int = 32, classes: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Real 8x8 digits 0..classes-1 upsampled to 3x16x16; one-hot labels (for evaluation only)."""
-    digits = load_digits()
-    idx = np.random.default_rng(seed).choice(np.flatnonzero(digits.target < classes), n, replace=False)
-    img = np.kron(digits.images[idx] / 16.0, np.ones((2, 2)))
-    images = torch.tensor((img - 0.5) / 0.5, dtype=torch.float32)[:, None].repeat(1, 3, 1, 1)
-    labels = np.zeros((n, classes), dtype=np.float32)
-    labels[np.arange(n), digits.target[idx]] = 1
-    return {"image": images, "labels": torch.tensor(labels)}
 
 
 def ssdh_reference_thresholds(dist: np.ndarray) -> tuple[float, float]:
@@ -127,7 +116,7 @@ def test_binary_code_affinity_is_exactly_one_minus_twice_normalised_hamming(k: i
 
 def test_codes_have_norm_sqrt_k():
     method = UDMSH(SmallCNN(), bits=32, num_classes=0)
-    u = method.encode_image(digits_batch(8)["image"])
+    u = method.encode_image(digits_batch(8, classes=4)["image"])
     torch.testing.assert_close(u.norm(dim=1), torch.full((8,), 32**0.5), rtol=1e-5, atol=1e-5)
 
 
@@ -135,7 +124,7 @@ def test_labels_are_never_read():
     torch.manual_seed(0)
     method = UDMSH(SmallCNN(), bits=16, num_classes=4)
     assert method.uses_labels is False
-    batch = digits_batch(12)
+    batch = digits_batch(12, classes=4)
     without = method({"image": batch["image"]})
     garbage = method({"image": batch["image"], "labels": torch.full((12, 4), float("nan"))})
     for key in without:
@@ -196,7 +185,7 @@ def test_backbone_without_spatial_features_needs_omega_one():
 
 def test_overfit_small_batch_without_labels_and_codes_follow_classes():
     torch.manual_seed(0)
-    batch = digits_batch(32)
+    batch = digits_batch(32, classes=4)
     train = {"image": batch["image"]}
     method = build_method("udmsh", backbone=SmallCNN(), bits=16, num_classes=0)
     history = fit(method, lambda epoch: [train], epochs=30, lr=1e-3)
@@ -210,7 +199,7 @@ def test_overfit_small_batch_without_labels_and_codes_follow_classes():
 
 def test_pseudo_labels_follow_the_backbone_as_it_trains_and_stay_put_when_it_is_frozen():
     torch.manual_seed(0)
-    images = digits_batch(32)["image"]
+    images = digits_batch(32, classes=4)["image"]
     method = UDMSH(SmallCNN().set_spatial_grid(2), bits=16, num_classes=0, graded_weight=1.0)
     assert method.backbone.spatial_dim == 256
     method.eval()

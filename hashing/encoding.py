@@ -113,6 +113,11 @@ class Encoder:
                              f"{tuple(images.shape)}")
         return pack_signs(self.relaxed(images))
 
+    def encode_tags(self, tags: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Bags of words float32[n, V] over the model's tag vocabulary -> packed text codes
+        uint8[n, bits // 8] (multimodal methods only)."""
+        return pack_signs(self.relaxed(tags, "text"))
+
     def encode_raw(self, images: list[np.ndarray]) -> np.ndarray:
         """Decoded images uint8[H, W, 3] (any size) -> packed codes uint8[n, bits // 8]."""
         if self.preprocess is None:

@@ -87,6 +87,7 @@ def test_text_codes_of_a_multimodal_method_and_clear_errors_for_a_missing_modali
     with torch.inference_mode():
         expected = method.eval().encode_text(tags).numpy()
     np.testing.assert_allclose(text, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(Encoder(method).encode_tags(tags.numpy()), pack_signs(expected))
     with pytest.raises(ValueError, match="'text' encoder"):
         encoder.relaxed_batches([{"tags": torch.zeros(2, 3)}], modality="text")
     with pytest.raises(ValueError, match="unknown modality 'audio'"):

@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 import mlflow
 
 from benchmarks.common import builtin_config, machine, markdown_table
-from hashing import storage, tracking
+from hashing import storage
 from hashing.code_shards import load_split
 from hashing.codes import pack_signs
 from hashing.config import Config, ConfigError
@@ -52,6 +52,10 @@ from hashing.data.read import decode_shard
 from hashing.data.schema import DatasetManifest
 from hashing.encoding import Encoder, ShardEncoder, ShardRef
 from hashing.methods import from_config
+from hashing.mlflow.logged_model import log_hashing_model
+from hashing.mlflow.names import CHALLENGER, registered_model_name
+from hashing.mlflow.registry import register_model
+from hashing.mlflow.runs import set_experiment, setup_tracking, tracking_uri
 from pipelines.encode import run_encode
 
 log = logging.getLogger("bench.encode")
@@ -64,13 +68,13 @@ def prepare(workdir: Path, config_path: str, preset: str, overrides: list[str]) 
                                                                                          DatasetManifest]:
     """Ingest the built-in ``preset`` under ``workdir``, register the config's model; return both."""
     config, manifest = builtin_config(workdir, config_path, preset, overrides)
-    tracking.setup_tracking(config)
-    tracking.set_experiment(config, manifest.name)
+    setup_tracking(config)
+    set_experiment(config, manifest.name)
     method = from_config(config, len(manifest.classes), len(manifest.tags or []))
     with mlflow.start_run(run_name="bench-encode-model"):
-        uri = tracking.log_hashing_model(method, config)
-    name = tracking.registered_model_name(config.method.name, manifest.name)
-    version = tracking.register_model(uri, name, alias=tracking.CHALLENGER)
+        uri = log_hashing_model(method, config)
+    name = registered_model_name(config.method.name, manifest.name)
+    version = register_model(uri, name, alias=CHALLENGER)
     config = config.model_copy(update={"encode": config.encode.model_copy(update={"model": name,
                                                                                   "version": version})})
     return config, manifest
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         torch_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            encoder = Encoder.from_model_uri(model_uri, tracking.tracking_uri(config), args.batch_size)
+            encoder = Encoder.from_model_uri(model_uri, tracking_uri(config), args.batch_size)
             plain = plain_loop(encoder, refs, len(manifest.classes))
             shard = shard_encoder_loop(encoder, refs, config, manifest, model_uri)
         finally:

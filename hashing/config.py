@@ -368,7 +368,7 @@ class TrackingSection(_Section):
 
     uri: str | None = None
     experiment: str | None = Field(
-        None, description="experiment name; None: one per dataset (hashing.tracking)"
+        None, description="experiment name; None: one per dataset (hashing.mlflow.names)"
     )
 
     @field_validator("uri")

@@ -68,7 +68,7 @@ class Encoder:
         """Load a logged hashing model (``models:/name/3``, ``runs:/...``) from MLflow at ``tracking_uri``."""
         import mlflow
 
-        from hashing.tracking import load_hashing_model
+        from hashing.mlflow.logged_model import load_hashing_model
 
         if tracking_uri is not None:
             mlflow.set_tracking_uri(tracking_uri)

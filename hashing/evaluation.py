@@ -1,8 +1,8 @@
 """Query-vs-database retrieval evaluation: the metrics every job logs under one set of names, and the plots.
 
 ``pipelines/train.py`` (final evaluation of a training run) and ``pipelines/evaluate.py`` (from the code
-shards of a model version) both call ``evaluate_codes`` and ``log_evaluation``, so their MLflow metric
-names are the same (``@`` is not allowed in MLflow names, see ``metric_key``):
+shards of a model version) both call ``evaluate_codes`` and ``hashing.mlflow.runs.log_evaluation``, so
+their MLflow metric names are the same (``@`` is not allowed in MLflow names, see ``metric_key``):
 
     map_at_K, map_tie_aware_at_K, wmap_at_K   mAP@K, tie-aware mAP@K, weighted mAP@K (K = evaluate.topk,
                                               ``all`` when None)
@@ -11,8 +11,8 @@ names are the same (``@`` is not allowed in MLflow names, see ``metric_key``):
     p_at_N                                    precision of the top N, for N in evaluate.precision_at
                                               (N past the database size is clipped to it, the name is not)
 
-Plots (PNG artifacts): ``plots/pr_curve.png`` (Hamming-ball retrieval at every radius) and
-``plots/precision_at_n.png``.
+Plots: ``pr_figure`` (Hamming-ball retrieval at every radius) and ``precision_at_n_figure``, logged as
+``plots/pr_curve.png`` and ``plots/precision_at_n.png`` (``hashing.mlflow.names``).
 """
 
 from __future__ import annotations
@@ -20,20 +20,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import mlflow
 import numpy as np
 
 from hashing.metrics import pr_curve, precision_at_n, retrieval_report
-from hashing.tracking import log_png
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from hashing.config import EvaluateSection
-
-PR_CURVE_PNG = "plots/pr_curve.png"
-PRECISION_AT_N_PNG = "plots/precision_at_n.png"
-
 
 def metric_key(name: str) -> str:
     """MLflow-safe metric name (no ``@``): ``map@100`` -> ``map_at_100``, ``p@r2`` -> ``p_at_r2``."""
@@ -77,14 +71,6 @@ def evaluate_codes(q_codes: np.ndarray, db_codes: np.ndarray, q_labels: np.ndarr
     if pr:
         result.precision, result.recall = pr_curve(q_codes, db_codes, q_labels, db_labels)
     return result
-
-
-def log_evaluation(result: RetrievalEvaluation, title: str) -> None:
-    """Log ``result`` to the active MLflow run: the metrics, and the PR / P@N plots when it has curves."""
-    mlflow.log_metrics(result.metrics)
-    if result.precision is not None and result.recall is not None:
-        log_png(pr_figure(result.precision, result.recall, title), PR_CURVE_PNG)
-        log_png(precision_at_n_figure(result.ns, result.precision_at, title), PRECISION_AT_N_PNG)
 
 
 def pr_figure(precision: np.ndarray, recall: np.ndarray, title: str) -> Figure:

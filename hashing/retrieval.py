@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hashing import storage, tracking
+from hashing import storage
 from hashing.code_shards import CodeShardError, SplitCodes, list_parts, load_split, part_name
 from hashing.codes import pack_signs
 from hashing.config import Config
@@ -27,7 +27,8 @@ from hashing.data.transforms import decode_image
 from hashing.errors import InputError, MissingError
 from hashing.index import HammingIndex
 from hashing.methods import method_class
-from hashing.tracking import ResolvedModel
+from hashing.mlflow.logged_model import load_hashing_model
+from hashing.mlflow.registry import ResolvedModel
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def image_code(model: ResolvedModel, path: str) -> np.ndarray:
     if not storage.is_s3(path) and Path(path).is_dir():
         raise InputError(f"--image {path}: is a folder; give one image file")
     image = decode_image(storage.read_bytes(path), path)
-    method, model_config = tracking.load_hashing_model(model.uri)
+    method, model_config = load_hashing_model(model.uri)
     return Encoder(method, model_config.dataset.image_size).encode_raw([image])
 
 
@@ -156,7 +157,7 @@ def text_code(model: ResolvedModel, method_name: str, vocabulary: TagVocabulary,
                          "--text needs a multimodal model (e.g. method dsmhn); use --key or --image")
     tags = parse_tags(text, vocabulary)
     log.info("text query as tags: %s", tags)
-    method, _ = tracking.load_hashing_model(model.uri)
+    method, _ = load_hashing_model(model.uri)
     bag = torch.from_numpy(vocabulary.bag_of_words(tags)[None])
     with torch.inference_mode():
         return pack_signs(method.encode_text(bag).float())

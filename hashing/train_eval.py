@@ -24,9 +24,10 @@ from hashing.data.read import TORCH_COLUMNS, iter_split
 from hashing.data.transforms import Preprocess
 from hashing.encoding import Encoder
 from hashing.errors import InputError
-from hashing.evaluation import evaluate_codes, log_evaluation, metric_key
+from hashing.evaluation import evaluate_codes, metric_key
 from hashing.methods.base import HashingMethod
 from hashing.methods.shallow import ShallowHashing, cosine_ranking_report
+from hashing.mlflow.runs import log_evaluation
 from hashing.models import build_backbone
 
 EVAL_BATCH_ROWS = 256  # images per forward pass in the final evaluation

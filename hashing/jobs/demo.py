@@ -25,7 +25,9 @@ from hashing.code_shards import version_uri
 from hashing.config import Config
 from hashing.errors import InputError
 from hashing.jobs.serve import DEFAULT_PORT
-from hashing.tracking import CHAMPION, registered_model_name, resolve_model, setup_tracking
+from hashing.mlflow.names import CHAMPION, registered_model_name
+from hashing.mlflow.registry import resolve_model
+from hashing.mlflow.runs import setup_tracking
 
 PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"  # in a checkout; else `python -m hashing`
 SAMPLE_QUERY_KEY = "query-0000000"  # the built-in dataset's first query item

@@ -37,32 +37,19 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
-from hashing import registry, storage, tracking
+from hashing import storage
 from hashing.code_shards import finished_parts, part_uri, split_uri, version_uri
 from hashing.config import Config
 from hashing.data.quarantine import Quarantine
 from hashing.data.schema import DatasetManifest, UnknownSplitError, load_manifest
 from hashing.encoding import ShardEncoder, ShardRef, bad_samples_from_json
 from hashing.errors import InputError
+from hashing.mlflow import names
+from hashing.mlflow.registry import ResolvedModel, resolve_section_model
+from hashing.mlflow.runs import set_experiment, setup_tracking, tracking_uri
 from hashing.ray_session import init_ray
-from hashing.tracking import (
-    CHAMPION,
-    TAG_DATASET,
-    TAG_DATASET_FINGERPRINT,
-    TAG_JOB,
-    TAG_METHOD,
-    TAG_MODEL_NAME,
-    TAG_MODEL_VERSION,
-    ResolvedModel,
-)
 
 log = logging.getLogger("encode")
-
-# Encode-run tags (besides hashing.tracking's): where the codes went, how the plan was made, done or not.
-TAG_CODES_ROOT = "codes_root"
-TAG_CODES_URI = "codes_uri"
-TAG_MODE = "mode"
-TAG_COMPLETE = "complete"
 
 
 @dataclass
@@ -102,7 +89,7 @@ def run_cli(config: Config, args: argparse.Namespace) -> int:
     print(f"codes:  {result.codes_uri}")
     print(f"parts:  {len(result.written)} written, {len(result.skipped)} skipped (already finished)")
     print(f"rows:   {result.rows} in {result.seconds:.1f} s ({result.images_per_s:.1f} images/s)")
-    print(f"run:    {result.run_id} at {tracking.tracking_uri(config)}")
+    print(f"run:    {result.run_id} at {tracking_uri(config)}")
     return 0
 
 
@@ -116,10 +103,11 @@ def run_encode(config: Config, nightly: bool = False, force: bool = False,
         TooManyBadSamplesError / BadInputError: bad samples past ``data.max_bad_fraction`` / in strict mode.
     """
     manifest = load_manifest(config.dataset.uri)
-    tracking.setup_tracking(config)
-    tracking.set_experiment(config, manifest.name)
-    ref = config.encode.model_copy(update={"alias": CHAMPION, "version": None}) if nightly else config.encode
-    model = tracking.resolve_section_model(ref, config.method.name, manifest.name)
+    setup_tracking(config)
+    set_experiment(config, manifest.name)
+    ref = (config.encode.model_copy(update={"alias": names.CHAMPION, "version": None}) if nightly
+           else config.encode)
+    model = resolve_section_model(ref, config.method.name, manifest.name)
     if model.name is None or model.version is None:
         raise InputError(f"encode.model={config.encode.model!r} is not a registered model: code shards are "
                          "kept "
@@ -134,10 +122,11 @@ def run_encode(config: Config, nightly: bool = False, force: bool = False,
 
     with mlflow.start_run(run_name=config.run.name or f"encode-{model.name}-v{model.version}") as run:
         mlflow.set_tags({
-            TAG_JOB: "encode", TAG_METHOD: config.method.name, TAG_MODEL_NAME: model.name,
-            TAG_MODEL_VERSION: str(model.version), TAG_DATASET: manifest.name,
-            TAG_DATASET_FINGERPRINT: manifest.fingerprint, TAG_CODES_ROOT: config.encode.codes_root,
-            TAG_CODES_URI: codes_uri, TAG_MODE: mode, TAG_COMPLETE: "false", "nightly": str(nightly).lower(),
+            names.TAG_JOB: "encode", names.TAG_METHOD: config.method.name, names.TAG_MODEL_NAME: model.name,
+            names.TAG_MODEL_VERSION: str(model.version), names.TAG_DATASET: manifest.name,
+            names.TAG_DATASET_FINGERPRINT: manifest.fingerprint,
+            names.TAG_CODES_ROOT: config.encode.codes_root, names.TAG_CODES_URI: codes_uri,
+            names.TAG_MODE: mode, names.TAG_COMPLETE: "false", names.TAG_NIGHTLY: str(nightly).lower(),
         })
         mlflow.log_params({"model_uri": model.uri, "splits": json.dumps(config.encode.splits),
                            "batch_size": config.encode.batch_size, "actors": config.encode.actors,
@@ -157,11 +146,11 @@ def run_encode(config: Config, nightly: bool = False, force: bool = False,
                         "parts.json")
         mlflow.log_dict(result.quarantine.to_dict(), "quarantine.json")
         result.quarantine.check()
-        mlflow.set_tag(TAG_COMPLETE, "true")
+        mlflow.set_tag(names.TAG_COMPLETE, "true")
     client = MlflowClient()
-    for key, value in ((registry.CODES_URI, codes_uri),
-                       (registry.CODES_DATASET_FINGERPRINT, manifest.fingerprint),
-                       (registry.CODES_RUN_ID, result.run_id)):
+    for key, value in ((names.CODES_URI, codes_uri),
+                       (names.CODES_DATASET_FINGERPRINT, manifest.fingerprint),
+                       (names.CODES_RUN_ID, result.run_id)):
         client.set_model_version_tag(model.name, str(model.version), key, value)
     return result
 
@@ -170,15 +159,16 @@ def nightly_mode(codes_root: str, model: ResolvedModel) -> str:
     """``full`` when the last complete encode of ``model.name`` into ``codes_root`` was of another version
     (or there is none), else ``incremental``; the reason is logged."""
     runs = mlflow.search_runs(
-        filter_string=(f"tags.{TAG_JOB} = 'encode' and tags.{TAG_COMPLETE} = 'true' and "
-                       f"tags.{TAG_MODEL_NAME} = '{model.name}' and tags.{TAG_CODES_ROOT} = '{codes_root}'"),
+        filter_string=(f"tags.{names.TAG_JOB} = 'encode' and tags.{names.TAG_COMPLETE} = 'true' and "
+                       f"tags.{names.TAG_MODEL_NAME} = '{model.name}' and "
+                       f"tags.{names.TAG_CODES_ROOT} = '{codes_root}'"),
         order_by=["attributes.start_time DESC"], max_results=1, output_format="list",
     )
     if not runs:
         log.info("nightly: no complete encode of %s into %s yet: encoding everything with champion v%d",
                  model.name, codes_root, model.version)
         return "full"
-    last = int(runs[0].data.tags[TAG_MODEL_VERSION])
+    last = int(runs[0].data.tags[names.TAG_MODEL_VERSION])
     if last != model.version:
         log.info("nightly: champion changed from v%d (run %s) to v%d: encoding everything", last,
                  runs[0].info.run_id, model.version)
@@ -232,7 +222,7 @@ def run_job(config: Config, manifest: DatasetManifest, model: ResolvedModel, pen
             num_cpus=enc.cpus_per_actor,
             num_gpus=1 if enc.use_gpu else 0,
             fn_constructor_kwargs={
-                "model_uri": model.uri, "tracking_uri": tracking.tracking_uri(config), "shards": pending,
+                "model_uri": model.uri, "tracking_uri": tracking_uri(config), "shards": pending,
                 "num_classes": len(manifest.classes), "dataset_fingerprint": manifest.fingerprint,
                 "batch_size": enc.batch_size, "device": "cuda" if enc.use_gpu else "cpu",
             },

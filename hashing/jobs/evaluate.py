@@ -9,7 +9,8 @@ against this dataset's shards (same source shard checksums, so both splits come 
 this fingerprint, and written by this model version) -> metrics (``hashing.evaluation``: mAP@K,
 NDCG@k, precision within radius R, P@N, same names as training runs) -> an MLflow run (tags ``job``,
 model name and version, dataset fingerprint; PR and P@N plots as PNG) -> ``eval_*`` tags on the model
-version (``hashing.registry.VersionEvaluation``) that ``pipelines/promote.py`` reads -> a short table.
+version (``hashing.mlflow.version_evaluation.VersionEvaluation``) that ``pipelines/promote.py`` reads
+-> a short table.
 """
 
 from __future__ import annotations
@@ -23,20 +24,15 @@ from dataclasses import dataclass
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from hashing import registry, storage, tracking
+from hashing import storage
 from hashing.code_shards import CodeShardError, SplitCodes, load_split
 from hashing.config import Config
 from hashing.data.schema import DatasetManifest, load_manifest
-from hashing.evaluation import RetrievalEvaluation, evaluate_codes, log_evaluation, map_key
-from hashing.tracking import (
-    TAG_DATASET,
-    TAG_DATASET_FINGERPRINT,
-    TAG_JOB,
-    TAG_METHOD,
-    TAG_MODEL_NAME,
-    TAG_MODEL_VERSION,
-    ResolvedModel,
-)
+from hashing.evaluation import RetrievalEvaluation, evaluate_codes, map_key
+from hashing.mlflow import names
+from hashing.mlflow.registry import ResolvedModel, codes_location, resolve_section_model
+from hashing.mlflow.runs import log_evaluation, set_experiment, setup_tracking, tracking_uri
+from hashing.mlflow.version_evaluation import VersionEvaluation
 
 log = logging.getLogger("evaluate")
 
@@ -72,7 +68,7 @@ def run_cli(config: Config, args: argparse.Namespace) -> int:
     width = max(len(k) for k in result.evaluation.metrics)
     for name, value in result.evaluation.metrics.items():
         print(f"  {name:<{width}}  {value:.4f}")
-    print(f"run:     {result.run_id} at {tracking.tracking_uri(config)}")
+    print(f"run:     {result.run_id} at {tracking_uri(config)}")
     return 0
 
 
@@ -86,10 +82,10 @@ def run_evaluate(config: Config) -> EvaluateResult:
             or by this model version.
     """
     manifest = load_manifest(config.dataset.uri)
-    tracking.setup_tracking(config)
-    tracking.set_experiment(config, manifest.name)
-    model = tracking.resolve_section_model(config.evaluate, config.method.name, manifest.name)
-    codes_uri = registry.codes_location(model, config.encode.codes_root)
+    setup_tracking(config)
+    set_experiment(config, manifest.name)
+    model = resolve_section_model(config.evaluate, config.method.name, manifest.name)
+    codes_uri = codes_location(model, config.encode.codes_root)
     query = load_checked_split(codes_uri, "query", manifest, model)
     database = load_checked_split(codes_uri, "database", manifest, model)
     num_classes = len(manifest.classes)
@@ -99,16 +95,16 @@ def run_evaluate(config: Config) -> EvaluateResult:
 
     with mlflow.start_run(run_name=config.run.name or f"evaluate-{model.name}-v{model.version}") as run:
         mlflow.set_tags({
-            TAG_JOB: "evaluate", TAG_METHOD: query.method, TAG_MODEL_NAME: model.name,
-            TAG_MODEL_VERSION: str(model.version), TAG_DATASET: manifest.name,
-            TAG_DATASET_FINGERPRINT: manifest.fingerprint, registry.CODES_URI: codes_uri,
+            names.TAG_JOB: "evaluate", names.TAG_METHOD: query.method, names.TAG_MODEL_NAME: model.name,
+            names.TAG_MODEL_VERSION: str(model.version), names.TAG_DATASET: manifest.name,
+            names.TAG_DATASET_FINGERPRINT: manifest.fingerprint, names.TAG_CODES_URI: codes_uri,
         })
         mlflow.log_params({"model_uri": model.uri, "bits": query.bits, "topk": ev.topk, "ndcg_k": ev.ndcg_k,
                            "radius": ev.radius, "precision_at": json.dumps(ev.precision_at),
                            "queries": len(query), "database": len(database)})
         log_evaluation(evaluation, f"{model.name} v{model.version}, {query.bits} bits")
-    tags = registry.VersionEvaluation(manifest.name, manifest.fingerprint, run.info.run_id, map_key(ev.topk),
-                                      evaluation.metrics).to_tags()
+    tags = VersionEvaluation(manifest.name, manifest.fingerprint, run.info.run_id, map_key(ev.topk),
+                             evaluation.metrics).to_tags()
     client = MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(model.name, str(model.version), key, value)

@@ -6,7 +6,7 @@
 Recipe: config -> the registered model (``promote.model``, else ``hashing-{method}-{dataset name}``) ->
 ``challenger`` and ``champion`` versions and their latest evaluations (the ``eval_*`` version tags that
 ``pipelines/evaluate.py`` writes name the evaluation run; the metrics are read from that run after
-checking it is a finished evaluation of that version on that dataset, ``registry.verified_evaluation``,
+checking it is a finished evaluation of that version on that dataset, ``verified_evaluation``,
 so edited tags alone move nothing) -> the decision (``decide``) -> unless dry-run: an MLflow run
 (``job=promote``, ``promotion.json``), the decision as tags on the challenger version
 (``promotion_decision``, ``promotion``), and the alias move when promoted -> the decision printed.
@@ -29,12 +29,13 @@ from dataclasses import asdict, dataclass
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from hashing import registry, tracking
 from hashing.config import Config
 from hashing.data.schema import load_manifest
 from hashing.errors import InputError
-from hashing.registry import VersionEvaluation
-from hashing.tracking import CHALLENGER, CHAMPION, TAG_JOB, TAG_MODEL_NAME, TAG_MODEL_VERSION, ResolvedModel
+from hashing.mlflow import names
+from hashing.mlflow.registry import ResolvedModel, resolve_model
+from hashing.mlflow.runs import check_tracking_server, set_experiment, setup_tracking
+from hashing.mlflow.version_evaluation import MAP, VersionEvaluation, verified_evaluation
 
 log = logging.getLogger("promote")
 
@@ -98,12 +99,12 @@ def run_promote(config: Config, dry_run: bool = False) -> Decision:
             tags do not name a finished evaluation run of it (forged or stale tags).
         FileNotFoundError: ``promote.model`` is unset and there is no dataset at ``dataset.uri``.
     """
-    tracking.check_tracking_server(config)
-    tracking.setup_tracking(config)
-    name = config.promote.model or tracking.registered_model_name(
+    check_tracking_server(config)
+    setup_tracking(config)
+    name = config.promote.model or names.registered_model_name(
         config.method.name, load_manifest(config.dataset.uri).name)
-    challenger = tracking.resolve_model(name, alias=CHALLENGER)
-    challenger_eval = registry.verified_evaluation(challenger)
+    challenger = resolve_model(name, alias=names.CHALLENGER)
+    challenger_eval = verified_evaluation(challenger)
     if challenger_eval is None:
         raise InputError(f"challenger models:/{name}/{challenger.version} has not been evaluated; run "
                          f"`pipelines/evaluate.py evaluate.version={challenger.version}` first")
@@ -121,7 +122,7 @@ def run_promote(config: Config, dry_run: bool = False) -> Decision:
 def _champion_evaluation(champion: ResolvedModel) -> VersionEvaluation | None:
     """The champion's verified evaluation; None (logged) when it has none or its tags do not hold up."""
     try:
-        return registry.verified_evaluation(champion)
+        return verified_evaluation(champion)
     except ValueError as exc:
         log.warning("champion evaluation not usable: %s", exc)
         return None
@@ -130,7 +131,7 @@ def _champion_evaluation(champion: ResolvedModel) -> VersionEvaluation | None:
 def _champion(name: str) -> ResolvedModel | None:
     """The version under ``champion``, None when the alias is not set (the model itself exists)."""
     try:
-        return tracking.resolve_model(name, alias=CHAMPION)
+        return resolve_model(name, alias=names.CHAMPION)
     except LookupError:
         return None
 
@@ -147,7 +148,7 @@ def decide(name: str, challenger: ResolvedModel, challenger_eval: VersionEvaluat
     value = challenger_eval.value(metric)
     if value is None:
         raise InputError(f"promote.metric={metric!r}: the challenger's evaluation has no {metric_name!r}; "
-                         f"it has {registry.MAP!r} or one of {sorted(challenger_eval.metrics)}")
+                         f"it has {MAP!r} or one of {sorted(challenger_eval.metrics)}")
     fingerprint = challenger_eval.dataset_fingerprint
     decision = Decision(name, KEPT, [], metric_name, margin, challenger.version, value, fingerprint)
     if champion is None:
@@ -191,19 +192,19 @@ def decide(name: str, challenger: ResolvedModel, challenger_eval: VersionEvaluat
 def record(decision: Decision, config: Config, dataset: str) -> None:
     """An MLflow run with ``promotion.json``, the decision tags on the challenger, the alias move if
     promoted."""
-    tracking.set_experiment(config, dataset)
+    set_experiment(config, dataset)
     version = str(decision.challenger_version)
     with mlflow.start_run(run_name=config.run.name or f"promote-{decision.model}-v{version}") as run:
         decision.run_id = run.info.run_id
-        mlflow.set_tags({TAG_JOB: "promote", TAG_MODEL_NAME: decision.model, TAG_MODEL_VERSION: version,
-                         registry.PROMOTION_DECISION: decision.decision})
+        mlflow.set_tags({names.TAG_JOB: "promote", names.TAG_MODEL_NAME: decision.model,
+                         names.TAG_MODEL_VERSION: version, names.PROMOTION_DECISION: decision.decision})
         mlflow.log_dict(asdict(decision), "promotion.json")
     client = MlflowClient()
-    client.set_model_version_tag(decision.model, version, registry.PROMOTION_DECISION, decision.decision)
-    client.set_model_version_tag(decision.model, version, registry.PROMOTION, json.dumps(asdict(decision)))
+    client.set_model_version_tag(decision.model, version, names.PROMOTION_DECISION, decision.decision)
+    client.set_model_version_tag(decision.model, version, names.PROMOTION, json.dumps(asdict(decision)))
     if decision.promoted:
-        client.set_registered_model_alias(decision.model, CHAMPION, version)
-        log.info("models:/%s@%s -> v%s", decision.model, CHAMPION, version)
+        client.set_registered_model_alias(decision.model, names.CHAMPION, version)
+        log.info("models:/%s@%s -> v%s", decision.model, names.CHAMPION, version)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def run_job(spec: JobSpec, argv: Sequence[str] | None) -> int:
 
         storage.use_s3_endpoint(config.storage.s3_endpoint)
         if spec.tracking:
-            from hashing.tracking import check_tracking_server
+            from hashing.mlflow.runs import check_tracking_server
 
             check_tracking_server(config)
         job = importlib.import_module(f"hashing.jobs.{spec.name}")

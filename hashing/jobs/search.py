@@ -30,13 +30,14 @@ import logging
 import sys
 from dataclasses import asdict, dataclass
 
-from hashing import registry, storage, tracking
+from hashing import storage
 from hashing.config import Config
 from hashing.data.schema import DatasetManifest, label_names, load_manifest
 from hashing.data.tags import TagVocabulary
 from hashing.errors import InputError
+from hashing.mlflow.registry import ResolvedModel, codes_location, resolve_section_model
+from hashing.mlflow.runs import check_tracking_server, setup_tracking
 from hashing.retrieval import build_index, image_code, key_code, load_codes, text_code
-from hashing.tracking import ResolvedModel
 
 log = logging.getLogger("search")
 
@@ -118,12 +119,12 @@ def run_search(config: Config, key: str | None = None, image: str | None = None,
     """
     if [key, image, text].count(None) != 2:
         raise ValueError("give exactly one of key, image, text")
-    tracking.check_tracking_server(config)
-    tracking.setup_tracking(config)
+    check_tracking_server(config)
+    setup_tracking(config)
     manifest = _manifest(config, required=config.search.model is None or text is not None)
-    model = tracking.resolve_section_model(config.search, config.method.name,
-                                           manifest.name if manifest is not None else "")
-    codes_uri = registry.codes_location(model, config.encode.codes_root)
+    model = resolve_section_model(config.search, config.method.name,
+                                  manifest.name if manifest is not None else "")
+    codes_uri = codes_location(model, config.encode.codes_root)
     codes = load_codes(codes_uri, split, model, manifest, allow_partial)
     if key is not None:
         query, described = key_code(codes_uri, split, codes, model, key, manifest,

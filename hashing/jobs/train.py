@@ -37,20 +37,11 @@ from hashing.evaluation import metric_key
 from hashing.methods import from_config, method_class
 from hashing.methods.base import HashingMethod
 from hashing.methods.shallow import ShallowHashing
+from hashing.mlflow import names
+from hashing.mlflow.logged_model import log_hashing_model
+from hashing.mlflow.registry import register_model
+from hashing.mlflow.runs import log_config, set_experiment, setup_tracking
 from hashing.ray_session import init_ray
-from hashing.tracking import (
-    CHALLENGER,
-    TAG_DATASET,
-    TAG_DATASET_FINGERPRINT,
-    TAG_JOB,
-    TAG_METHOD,
-    log_config,
-    log_hashing_model,
-    register_model,
-    registered_model_name,
-    set_experiment,
-    setup_tracking,
-)
 from hashing.train_eval import evaluate, fit_and_evaluate_baseline, make_preprocess
 from hashing.train_worker import TRAIN_DATASET, train_loop_per_worker
 
@@ -93,8 +84,9 @@ def run_cli(config: Config, args: argparse.Namespace) -> int:
         train_data = read_training_split(config, preprocess, quarantine)
         with mlflow.start_run(run_name=config.run.name) as run:
             log_config(config)
-            mlflow.set_tags({TAG_JOB: "train", TAG_METHOD: config.method.name, TAG_DATASET: manifest.name,
-                             TAG_DATASET_FINGERPRINT: manifest.fingerprint})
+            mlflow.set_tags({names.TAG_JOB: "train", names.TAG_METHOD: config.method.name,
+                             names.TAG_DATASET: manifest.name,
+                             names.TAG_DATASET_FINGERPRINT: manifest.fingerprint})
             result = fit(config, manifest, train_data, run_name=f"train-{run.info.run_id}")
             log_training(result, quarantine.result())
             method = load_trained_method(config, manifest, result.checkpoint)
@@ -110,7 +102,7 @@ def run_cli(config: Config, args: argparse.Namespace) -> int:
             ray.shutdown()
 
     print(f"run:         {run.info.run_id} (experiment {run.info.experiment_id}) at {tracking_uri}")
-    print(f"model:       models:/{model_name}/{version} (@{CHALLENGER}), {model_uri}")
+    print(f"model:       models:/{model_name}/{version} (@{names.CHALLENGER}), {model_uri}")
     print(f"checkpoints: {result.path}")
     print("metrics:     " + ", ".join(f"{k}={v:.4f}" for k, v in report.items()))
     return 0
@@ -122,9 +114,10 @@ def register_challenger(method: HashingMethod, config: Config, manifest: Dataset
     with the dataset it was trained on; ``(model URI, registered name, version)``."""
     model_uri = log_hashing_model(method, config, extra={
         "dataset": manifest.name, "dataset_fingerprint": manifest.fingerprint})
-    model_name = registered_model_name(config.method.name, manifest.name)
-    version = register_model(model_uri, model_name, CHALLENGER, tags={
-        TAG_DATASET: manifest.name, TAG_DATASET_FINGERPRINT: manifest.fingerprint, "run_id": run_id})
+    model_name = names.registered_model_name(config.method.name, manifest.name)
+    version = register_model(model_uri, model_name, names.CHALLENGER, tags={
+        names.TAG_DATASET: manifest.name, names.TAG_DATASET_FINGERPRINT: manifest.fingerprint,
+        names.TAG_RUN_ID: run_id})
     return model_uri, model_name, version
 
 
@@ -136,12 +129,13 @@ def fit_baseline(config: Config, manifest: DatasetManifest, tracking_uri: str) -
     assert isinstance(method, ShallowHashing)
     with mlflow.start_run(run_name=config.run.name) as run:
         log_config(config)
-        mlflow.set_tags({TAG_JOB: "train", TAG_METHOD: config.method.name, TAG_DATASET: manifest.name,
-                         TAG_DATASET_FINGERPRINT: manifest.fingerprint})
+        mlflow.set_tags({names.TAG_JOB: "train", names.TAG_METHOD: config.method.name,
+                         names.TAG_DATASET: manifest.name,
+                         names.TAG_DATASET_FINGERPRINT: manifest.fingerprint})
         report, ceiling = fit_and_evaluate_baseline(method, config, preprocess)
         model_uri, model_name, version = register_challenger(method, config, manifest, run.info.run_id)
     print(f"run:         {run.info.run_id} (experiment {run.info.experiment_id}) at {tracking_uri}")
-    print(f"model:       models:/{model_name}/{version} (@{CHALLENGER}), {model_uri}")
+    print(f"model:       models:/{model_name}/{version} (@{names.CHALLENGER}), {model_uri}")
     print("metrics:     " + ", ".join(f"{k}={v:.4f}" for k, v in report.items()))
     print("float ceiling (cosine of the same backbone's features): "
           + ", ".join(f"{metric_key(k)}={v:.4f}" for k, v in ceiling.items()))
@@ -204,8 +198,8 @@ def log_training(result, quarantine: Quarantine) -> None:
                            step=epoch)
     mlflow.log_metrics({"train/steps": summary["step"],
                         "train/resumed_from_step": summary["resumed_from_step"]})
-    mlflow.set_tags({"checkpoint_path": result.path,
-                     "train_nodes": ",".join(sorted(set(summary["worker_nodes"])))})
+    mlflow.set_tags({names.TAG_CHECKPOINT_PATH: result.path,
+                     names.TAG_TRAIN_NODES: ",".join(sorted(set(summary["worker_nodes"])))})
     mlflow.log_dict(quarantine.to_dict(), "quarantine.json")
     quarantine.check()
 

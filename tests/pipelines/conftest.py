@@ -2,7 +2,7 @@
 
 - ``model_registry`` (module): a ``ModelRegistry`` in a fresh run root with MLflow on a sqlite file in
   it, on the session's ``tiny_dataset``. It registers small random-init models (small CNN, 32 px,
-  16 bits) as ``hashing.tracking`` does for training, and writes their code shards for the query and
+  16 bits) as training does (``hashing.mlflow``), and writes their code shards for the query and
   database splits exactly as ``pipelines/encode.py`` does (``hashing.encoding.ShardEncoder`` per source
   shard, whole-file parts, the version's ``codes_*`` tags), only without Ray.
 - ``model_registry_at`` (function): ``model_registry_at(tracking_uri)`` gives one using that MLflow
@@ -22,14 +22,18 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from hashing import registry, storage, tracking
+from hashing import storage
 from hashing.code_shards import part_uri, split_uri
 from hashing.config import Config, load_config
 from hashing.data.schema import DatasetManifest, load_manifest
 from hashing.encoding import Encoder, ShardEncoder, ShardRef
 from hashing.methods import HashingMethod, build_method
+from hashing.mlflow import names
+from hashing.mlflow.logged_model import log_hashing_model
+from hashing.mlflow.names import CHALLENGER
+from hashing.mlflow.registry import ResolvedModel, register_model, resolve_model, version_tags
+from hashing.mlflow.runs import set_experiment, setup_tracking
 from hashing.models import build_backbone
-from hashing.tracking import CHALLENGER, ResolvedModel
 
 TEST_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "test.yaml"
 # DSMHN's text network is 8192 wide by default; a narrow one keeps the test models small.
@@ -62,19 +66,19 @@ class ModelRegistry:
         """Build ``method`` with random weights (``seed``), log it, register it (as ``name``, default
         ``hashing-{method}-builtin-tiny``) and move ``alias`` to it."""
         config = self.config(*METHOD_OVERRIDES[method])
-        tracking.setup_tracking(config)
-        tracking.set_experiment(config, self.manifest.name)
+        setup_tracking(config)
+        set_experiment(config, self.manifest.name)
         torch.manual_seed(seed)
         built = build_method(method, backbone=build_backbone("small_cnn"), bits=config.model.bits,
                              num_classes=len(self.manifest.classes),
                              tag_vocab_size=len(self.manifest.tags or []),
                              **config.method.params).eval()
-        name = name or tracking.registered_model_name(method, self.manifest.name)
+        name = name or names.registered_model_name(method, self.manifest.name)
         with mlflow.start_run():
-            model_uri = tracking.log_hashing_model(built, config, extra={"dataset": self.manifest.name})
-        version = tracking.register_model(model_uri, name, alias)
+            model_uri = log_hashing_model(built, config, extra={"dataset": self.manifest.name})
+        version = register_model(model_uri, name, alias)
         self.methods[(name, version)] = built
-        return tracking.resolve_model(name, version=version)
+        return resolve_model(name, version=version)
 
     def encode(self, model: ResolvedModel, splits: tuple[str, ...] = ("query", "database")) -> str:
         """Write the code shards of ``model`` for ``splits`` as ``pipelines/encode.py`` does; return their
@@ -90,15 +94,15 @@ class ModelRegistry:
                 storage.write_bytes(part_uri(root, shard.path), encoded.part)
         codes_uri = storage.join(codes_root, model.name, f"v{model.version}")
         client = MlflowClient()
-        for key, value in ((registry.CODES_URI, codes_uri),
-                           (registry.CODES_DATASET_FINGERPRINT, self.manifest.fingerprint),
-                           (registry.CODES_RUN_ID, "written-by-the-test")):
+        for key, value in ((names.CODES_URI, codes_uri),
+                           (names.CODES_DATASET_FINGERPRINT, self.manifest.fingerprint),
+                           (names.CODES_RUN_ID, "written-by-the-test")):
             client.set_model_version_tag(model.name, str(model.version), key, value)
         return codes_uri
 
     def tags(self, model: ResolvedModel) -> dict[str, str]:
         """The model version's tags now."""
-        return registry.version_tags(model)
+        return version_tags(model)
 
 
 @contextmanager

@@ -471,7 +471,7 @@ def test_tracking_check_accepts_any_http_answer_and_skips_sqlite(tmp_path: Path)
     import threading
 
     from hashing.config import load_config
-    from hashing.tracking import check_tracking_server
+    from hashing.mlflow.runs import check_tracking_server
 
     server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)  # /health: 404
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -23,7 +23,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from hashing import storage, tracking
+from hashing import storage
 from hashing.code_shards import load_split, part_name, split_uri
 from hashing.config import Config, load_config
 from hashing.data.read import iter_shard, iter_split
@@ -31,6 +31,10 @@ from hashing.data.schema import DatasetManifest, load_manifest, write_manifest
 from hashing.data.shards import ShardWriter
 from hashing.encoding import Encoder
 from hashing.methods import from_config
+from hashing.mlflow.logged_model import log_hashing_model
+from hashing.mlflow.names import CHALLENGER, CHAMPION
+from hashing.mlflow.registry import register_model
+from hashing.mlflow.runs import set_experiment, setup_tracking
 from pipelines.encode import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,13 +62,13 @@ def _register(root: Path, dataset: str, seed: int) -> torch.nn.Module:
     aliases ``challenger`` and ``champion``; return the method."""
     config = _config(root, dataset, f"run.seed={seed}")
     manifest = load_manifest(dataset)
-    tracking.setup_tracking(config)
-    tracking.set_experiment(config, manifest.name)
+    setup_tracking(config)
+    set_experiment(config, manifest.name)
     method = from_config(config, len(manifest.classes), len(manifest.tags or []))
     with mlflow.start_run():
-        uri = tracking.log_hashing_model(method, config)
-    version = tracking.register_model(uri, MODEL_NAME, alias=tracking.CHALLENGER)
-    MlflowClient().set_registered_model_alias(MODEL_NAME, tracking.CHAMPION, str(version))
+        uri = log_hashing_model(method, config)
+    version = register_model(uri, MODEL_NAME, alias=CHALLENGER)
+    MlflowClient().set_registered_model_alias(MODEL_NAME, CHAMPION, str(version))
     return method.eval()
 
 

@@ -12,10 +12,11 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hashing import registry
 from hashing.code_shards import list_parts, load_split, read_part, split_uri, write_part
-from hashing.evaluation import PR_CURVE_PNG, PRECISION_AT_N_PNG
 from hashing.metrics import precision_at_n, retrieval_report
+from hashing.mlflow import names
+from hashing.mlflow.names import PR_CURVE_PNG, PRECISION_AT_N_PNG
+from hashing.mlflow.version_evaluation import VersionEvaluation
 from pipelines.evaluate import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -51,7 +52,7 @@ def test_metrics_plots_and_version_tags_match_the_code_shards(model_registry, ev
     expected.update({f"p_at_{n}": p for n, p in zip(ev.precision_at, curve, strict=True)})
     assert set(expected) >= {"map_at_100", "ndcg_at_50", "p_at_r2", "p_at_10", "p_at_100"}
 
-    run = MlflowClient().get_run(tags[registry.EVAL_RUN_ID])
+    run = MlflowClient().get_run(tags[names.EVAL_RUN_ID])
     assert run.data.metrics == pytest.approx(expected, abs=1e-12)
     assert run.data.tags["job"] == "evaluate"
     assert run.data.tags["model_name"] == model.name and run.data.tags["model_version"] == str(model.version)
@@ -63,7 +64,7 @@ def test_metrics_plots_and_version_tags_match_the_code_shards(model_registry, ev
         with open(path, "rb") as f:
             assert f.read(8) == PNG_MAGIC, png
 
-    evaluation = registry.VersionEvaluation.from_tags(tags)
+    evaluation = VersionEvaluation.from_tags(tags)
     assert evaluation.dataset_fingerprint == model_registry.manifest.fingerprint
     assert evaluation.map_key == "map_at_100"
     assert evaluation.value("map") == expected["map_at_100"]
@@ -87,13 +88,13 @@ def test_codes_of_another_dataset_version_are_refused(model_registry, caplog) ->
     message = caplog.text
     assert "query codes" in message and model_registry.manifest.fingerprint[:12] in message
     assert "stale" in message and "pipelines/encode.py" in message
-    assert registry.EVAL_RUN_ID not in model_registry.tags(model)
+    assert names.EVAL_RUN_ID not in model_registry.tags(model)
 
 
 def test_codes_written_by_another_version_are_refused(model_registry, evaluated, caplog) -> None:
     first = evaluated["model"]
     second = model_registry.register(seed=4)
-    MlflowClient().set_model_version_tag(second.name, str(second.version), registry.CODES_URI,
+    MlflowClient().set_model_version_tag(second.name, str(second.version), names.CODES_URI,
                                          evaluated["codes_uri"])
 
     with caplog.at_level(logging.ERROR):
@@ -115,14 +116,14 @@ def test_evaluation_by_alias_uses_the_default_codes_location(model_registry, eva
     model = evaluated["model"]
     client = MlflowClient()
     client.set_registered_model_alias(model.name, "under-test", str(model.version))
-    client.delete_model_version_tag(model.name, str(model.version), registry.CODES_URI)
+    client.delete_model_version_tag(model.name, str(model.version), names.CODES_URI)
     codes = split_uri(str(model_registry.root / "codes"), model.name, model.version, "query")
     assert list_parts(codes)
 
     assert main(model_registry.args("evaluate.alias=under-test", "evaluate.plots=false",
                                     "evaluate.topk=null")) == 0
     tags = model_registry.tags(model)
-    assert tags[registry.EVAL_MAP_KEY] == "map_at_all"
-    run = client.get_run(tags[registry.EVAL_RUN_ID])
+    assert tags[names.EVAL_MAP_KEY] == "map_at_all"
+    run = client.get_run(tags[names.EVAL_RUN_ID])
     assert json.loads(run.data.params["precision_at"]) == [10, 50, 100]
     assert not [a.path for a in client.list_artifacts(run.info.run_id, "plots")]

@@ -1,8 +1,8 @@
 """pipelines/promote.py: champion moves to the challenger only when its evaluation beats the champion's.
 
 The decision tests record evaluations as ``pipelines/evaluate.py`` does (a finished evaluate run, and the
-``eval_*`` tags naming it, ``hashing.registry.VersionEvaluation``) with chosen values; the last test runs
-register -> encode -> evaluate -> promote against a real ``mlflow server`` process.
+``eval_*`` tags naming it, ``hashing.mlflow.version_evaluation.VersionEvaluation``) with chosen values;
+the last test runs register -> encode -> evaluate -> promote against a real ``mlflow server`` process.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hashing import registry
-from hashing.registry import VersionEvaluation
-from hashing.tracking import CHALLENGER, CHAMPION, ResolvedModel, resolve_model
+from hashing.mlflow import names
+from hashing.mlflow.names import CHALLENGER, CHAMPION
+from hashing.mlflow.registry import ResolvedModel, resolve_model
+from hashing.mlflow.version_evaluation import VersionEvaluation, verified_evaluation
 from pipelines import evaluate, promote
 
 FINGERPRINT = "a" * 64
@@ -66,14 +67,14 @@ def _champion_version(name: str) -> int:
 def _recorded(model_registry, model: ResolvedModel) -> dict | None:
     """The promotion JSON recorded on ``model`` (None if none), checked against its decision tag and run."""
     tags = model_registry.tags(model)
-    if registry.PROMOTION not in tags:
-        assert registry.PROMOTION_DECISION not in tags
+    if names.PROMOTION not in tags:
+        assert names.PROMOTION_DECISION not in tags
         return None
-    record = json.loads(tags[registry.PROMOTION])
-    assert tags[registry.PROMOTION_DECISION] == record["decision"]
+    record = json.loads(tags[names.PROMOTION])
+    assert tags[names.PROMOTION_DECISION] == record["decision"]
     run = MlflowClient().get_run(record["run_id"])
     assert run.data.tags["job"] == "promote" and run.data.tags["model_version"] == str(model.version)
-    assert run.data.tags[registry.PROMOTION_DECISION] == record["decision"]
+    assert run.data.tags[names.PROMOTION_DECISION] == record["decision"]
     return record
 
 
@@ -158,10 +159,10 @@ def test_unevaluated_or_missing_challenger_is_bad_input(model_registry, caplog) 
 def test_forged_evaluation_tags_do_not_move_the_champion(model_registry, caplog) -> None:
     """Issue 14 row 14: metrics come from the evaluation run the tags name, checked, not from the tags."""
     champion, challenger = _pair(model_registry, "hashing-idhn-forged", 0.5, None)
-    champion_run = registry.verified_evaluation(champion).run_id
+    champion_run = verified_evaluation(champion).run_id
     forged = VersionEvaluation("tiny", FINGERPRINT, "0" * 32, "map_at_100", {"map_at_100": 0.99})
     cases = [(forged.to_tags(), "does not exist on this tracking server"),  # no such run
-             ({**forged.to_tags(), registry.EVAL_RUN_ID: champion_run}, "model_version='1' (expected '2')")]
+             ({**forged.to_tags(), names.EVAL_RUN_ID: champion_run}, "model_version='1' (expected '2')")]
     for tags, reason in cases:
         _tag(challenger, tags)
         caplog.clear()
@@ -171,7 +172,7 @@ def test_forged_evaluation_tags_do_not_move_the_champion(model_registry, caplog)
         assert _champion_version("hashing-idhn-forged") == champion.version
 
     real = _evaluated(challenger, 0.3)  # a real, worse evaluation, then its tags edited upwards
-    _tag(challenger, {registry.EVAL_MAP: "0.99", f"{registry.EVAL_METRIC_PREFIX}map_at_100": "0.99"})
+    _tag(challenger, {names.EVAL_MAP: "0.99", f"{names.EVAL_METRIC_PREFIX}map_at_100": "0.99"})
     decision = promote.run_promote(model_registry.config("promote.model=hashing-idhn-forged"))
     assert decision.decision == promote.KEPT
     assert decision.challenger_value == real.metrics["map_at_100"] == 0.3
@@ -231,7 +232,7 @@ def test_evaluate_then_promote_through_a_tracking_server(mlflow_server, model_re
 
     winner = second if maps[1] > maps[0] else first
     assert _champion_version(first.name) == winner.version
-    record = json.loads(reg.tags(second)[registry.PROMOTION])
+    record = json.loads(reg.tags(second)[names.PROMOTION])
     assert (record["challenger_value"], record["champion_value"]) == (maps[1], maps[0])
     assert record["decision"] == ("promoted" if winner is second else "kept")
     assert MlflowClient().tracking_uri == mlflow_server

@@ -157,7 +157,7 @@ def test_ray_job_submit_trains_evaluates_and_registers_a_loadable_model(
     from hashing.data.schema import load_manifest
     from hashing.evaluation import metric_key
     from hashing.metrics import retrieval_report
-    from hashing.tracking import load_hashing_model
+    from hashing.mlflow.logged_model import load_hashing_model
     from hashing.train_eval import encode_split, make_preprocess
 
     root = tmp_path / "run"
@@ -286,7 +286,8 @@ def test_baseline_is_fitted_registered_and_encodes_like_a_model(
     from hashing.codes import pack_signs
     from hashing.config import load_config
     from hashing.encoding import Encoder
-    from hashing.tracking import load_hashing_model, setup_tracking
+    from hashing.mlflow.logged_model import load_hashing_model
+    from hashing.mlflow.runs import setup_tracking
     from pipelines import train
 
     args = ["--config", "configs/test.yaml", f"run.root={tmp_path}", f"dataset.uri={tiny_dataset}",

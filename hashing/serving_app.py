@@ -527,19 +527,21 @@ def deploy_codes(plan: ServicePlan) -> list[str]:
 
 
 APP_ARGS = {"config": str, "overrides": list, "partitions": int, "cpus_per_replica": (int, float),
-            "max_upload_bytes": int}
+            "max_upload_bytes": int, "partition_replicas": int}
 
 
 @dataclass(frozen=True)
 class AppArgs:
     """The ``args`` of ``app_builder``, checked: the config path, its ``key=value`` overrides, the options
-    of ``hashing serve`` (``partitions``, ``cpus_per_replica``, ``max_upload_bytes``)."""
+    of ``hashing serve`` (``partitions``, ``cpus_per_replica``, ``max_upload_bytes``,
+    ``partition_replicas``)."""
 
     config: str
     overrides: list[str] = field(default_factory=list)
     partitions: int = 2
     cpus_per_replica: float = DEFAULT_CPUS
     max_upload_bytes: int = MAX_UPLOAD_BYTES
+    partition_replicas: int = 1
 
 
 def parse_app_args(args: dict) -> AppArgs:
@@ -547,7 +549,8 @@ def parse_app_args(args: dict) -> AppArgs:
 
     Raises:
         InputError: not a mapping, an unknown key, ``config`` missing, a value of the wrong type,
-            ``partitions`` < 1, ``cpus_per_replica`` <= 0, ``max_upload_bytes`` < 1.
+            ``partitions`` < 1, ``cpus_per_replica`` <= 0, ``max_upload_bytes`` < 1,
+            ``partition_replicas`` < 1.
     """
     if not isinstance(args, dict):
         raise InputError(f"app args must be a mapping, got {type(args).__name__}")
@@ -562,7 +565,7 @@ def parse_app_args(args: dict) -> AppArgs:
     overrides = args.get("overrides", [])
     if not all(isinstance(o, str) and "=" in o for o in overrides):
         raise InputError(f"app args: overrides must be key=value strings, got {overrides!r}")
-    options = {k: args[k] for k in ("partitions", "cpus_per_replica", "max_upload_bytes") if k in args}
+    options = {k: v for k, v in args.items() if k not in ("config", "overrides")}
     parsed = AppArgs(config=args["config"], overrides=list(overrides), **options)
     if parsed.partitions < 1:
         raise InputError(f"app args: partitions must be >= 1, got {parsed.partitions}")
@@ -570,6 +573,8 @@ def parse_app_args(args: dict) -> AppArgs:
         raise InputError(f"app args: cpus_per_replica must be > 0, got {parsed.cpus_per_replica}")
     if parsed.max_upload_bytes < 1:
         raise InputError(f"app args: max_upload_bytes must be >= 1, got {parsed.max_upload_bytes}")
+    if parsed.partition_replicas < 1:
+        raise InputError(f"app args: partition_replicas must be >= 1, got {parsed.partition_replicas}")
     return parsed
 
 
@@ -588,7 +593,8 @@ def app_builder(args: dict) -> serve.Application:
     config = load_config(parsed.config, parsed.overrides)
     storage.use_s3_endpoint(config.storage.s3_endpoint)
     plan = plan_service(config, parsed.partitions, num_cpus=float(parsed.cpus_per_replica),
-                        max_upload_bytes=parsed.max_upload_bytes)
+                        max_upload_bytes=parsed.max_upload_bytes,
+                        partition_replicas=parsed.partition_replicas)
     log.info("app_builder: serving models:/%s/%d (%d partitions)", plan.model_name, plan.model_version,
              len(plan.partitions))
     return build_app(plan)

@@ -14,7 +14,10 @@ one log line says why (once per reason, not once per poll). Moved to a version w
 2. ``Search.switch`` on the ingress loads the new version's encoder, swaps its bundle (requests that
    start from now on are answered by the new version only) and returns once the requests still
    answering with the old bundle are done;
-3. the old version's codes applications are deleted.
+3. the old version's codes applications are deleted;
+4. the ``Search`` application is deployed again with the new plan (Serve replaces its replica by one
+   built from the new version, gracefully): a replica that Serve restarts later comes up on the version
+   served now, not on the deleted one it was first built with.
 
 If the new partitions fail to deploy, what was deployed of them is deleted and the old version stays.
 """
@@ -26,7 +29,14 @@ from ray import serve
 
 from hashing.config import Config
 from hashing.errors import UserError
-from hashing.serving_app import APP_NAME, ServicePlan, codes_app_names, deploy_codes, plan_service
+from hashing.serving_app import (
+    APP_NAME,
+    ServicePlan,
+    build_following_app,
+    codes_app_names,
+    deploy_codes,
+    plan_service,
+)
 
 log = logging.getLogger("serve")
 
@@ -66,6 +76,7 @@ class Follower:
         result = serve.get_app_handle(APP_NAME).switch.remote(asdict(new)).result(timeout_s=SWITCH_TIMEOUT_S)
         for name in codes_app_names(self.plan):
             serve.delete(name)
+        serve.run(build_following_app(new), name=APP_NAME, route_prefix="/", blocking=False)
         log.info("switched models:/%s from v%d to v%d (%d requests of v%d drained)", new.model_name,
                  result["previous"], result["version"], result["drained"], result["previous"])
         self.plan = new

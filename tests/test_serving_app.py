@@ -59,9 +59,9 @@ def test_app_args_parsed_with_defaults() -> None:
     assert parsed == AppArgs(config="configs/idhn.yaml", overrides=[], partitions=2,
                              cpus_per_replica=DEFAULT_CPUS, max_upload_bytes=MAX_UPLOAD_BYTES)
     parsed = parse_app_args({"config": "c.yaml", "overrides": ["search.k=5"], "partitions": 3,
-                             "cpus_per_replica": 1, "max_upload_bytes": 1024})
-    assert (parsed.overrides, parsed.partitions, parsed.cpus_per_replica, parsed.max_upload_bytes) == (
-        ["search.k=5"], 3, 1, 1024)
+                             "cpus_per_replica": 1, "max_upload_bytes": 1024, "partition_replicas": 2})
+    assert (parsed.overrides, parsed.partitions, parsed.cpus_per_replica, parsed.max_upload_bytes,
+            parsed.partition_replicas) == (["search.k=5"], 3, 1, 1024, 2)
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -74,6 +74,7 @@ def test_app_args_parsed_with_defaults() -> None:
     ({"config": "c.yaml", "partitions": 0}, "partitions must be >= 1"),
     ({"config": "c.yaml", "cpus_per_replica": 0}, "cpus_per_replica must be > 0"),
     ({"config": "c.yaml", "max_upload_bytes": 0}, "max_upload_bytes must be >= 1"),
+    ({"config": "c.yaml", "partition_replicas": 0}, "partition_replicas must be >= 1"),
     ({"config": "c.yaml", "overrides": "search.k=5"}, "overrides has the wrong type"),
     ({"config": "c.yaml", "overrides": ["search.k"]}, "key=value strings"),
 ])
@@ -107,7 +108,7 @@ def test_app_builder_loads_the_config_and_plans_from_args(monkeypatch, tmp_path)
                                   "partitions": 3, "cpus_per_replica": 0.5})
     assert isinstance(app, Application)
     assert seen == {"k": 7, "alias": "candidate", "partitions": 3, "num_cpus": 0.5,
-                    "max_upload_bytes": MAX_UPLOAD_BYTES}
+                    "max_upload_bytes": MAX_UPLOAD_BYTES, "partition_replicas": 1}
     with pytest.raises(InputError):
         serving_app.app_builder({"config": str(config_path), "partitions": -1})
 

@@ -79,3 +79,12 @@ class RequestStream:
                 status, body = 0, {"error": repr(exc)}
             with self._lock:
                 self.answers.append(Answer(path, started, time.monotonic(), status, body))
+
+
+def replica_pids(app: str, deployment: str) -> set[int]:
+    """PIDs of the live replica actors of ``deployment`` in Serve application ``app`` (from the GCS actor
+    table: the tests' Ray runs without a dashboard, which ``ray.util.state`` needs)."""
+    from ray._private import state
+
+    return {a["Pid"] for a in state.actors().values()
+            if a["ActorClassName"] == f"ServeReplica:{app}:{deployment}" and a["State"] == "ALIVE"}

@@ -9,6 +9,8 @@ must be exactly ``hashing search``'s for the version it names, and none may fail
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import free_port
-from tests.pipelines.serve_client import RequestStream, call, expected_hits
+from tests.pipelines.serve_client import RequestStream, call, expected_hits, replica_pids
 
 pytestmark = pytest.mark.slow
 
@@ -149,3 +151,22 @@ def test_switch_under_load_drops_nothing_and_every_answer_is_one_versions(model_
     assert not any(name.startswith(f"hashing-codes-v{v1.version}-") for name in apps), apps  # old deleted
     status, body = call(f"{service['url']}/health")
     assert (status, body["version"]) == (200, v2.version)
+
+
+def test_a_restarted_ingress_comes_back_on_the_version_served_now(versions, service) -> None:
+    """After the switch the Search app was redeployed with v2's plan: SIGKILL its replica, and the one
+    Serve starts instead serves v2 (v1's partitions are gone)."""
+    v2 = versions["v2"]
+    (victim,) = replica_pids("hashing-search", "Search")
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            status, body = call(f"{service['url']}/health", timeout=10)
+        except OSError:
+            status, body = 0, {}
+        if status == 200 and replica_pids("hashing-search", "Search") - {victim}:
+            break
+        assert time.monotonic() < deadline, (status, body)
+        time.sleep(0.5)
+    assert body["version"] == v2.version

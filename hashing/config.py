@@ -40,6 +40,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from hashing.errors import UserError
+from hashing.mlflow.names import CHALLENGER, CHAMPION
 
 # Constructor arguments the jobs fill from the dataset and the model section, not from method.params.
 _FIXED_METHOD_ARGS = frozenset({"self", "backbone", "bits", "num_classes", "tag_vocab_size"})
@@ -383,7 +384,7 @@ class ModelRefSection(_Section):
     model: str | None = Field(
         None, description="registered name or models:/ URI; None: hashing-{method.name}-{dataset name}"
     )
-    alias: str = "challenger"
+    alias: str = CHALLENGER
     version: int | None = Field(None, gt=0)
 
 
@@ -429,7 +430,7 @@ class PromoteSection(_Section):
 class SearchSection(ModelRefSection):
     """``pipelines/search.py``: top-k over the code shards of one model version."""
 
-    alias: str = "champion"
+    alias: str = CHAMPION
     k: int = Field(10, gt=0)
     backend: Literal["numpy", "faiss", "mih", "faiss-ivf"] = Field(
         "faiss", description="faiss: exact IndexBinaryFlat; mih: exact, sub-linear multi-index hashing "

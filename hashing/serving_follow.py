@@ -19,13 +19,18 @@ one log line says why (once per reason, not once per poll). Moved to a version w
    built from the new version, gracefully): a replica that Serve restarts later comes up on the version
    served now, not on the deleted one it was first built with.
 
-If the new partitions fail to deploy, what was deployed of them is deleted and the old version stays.
+If the new partitions fail to deploy or the ingress cannot load the new encoder (it swaps only after
+loading), what was deployed of the new version is deleted and the old version stays. The registry not
+answering is one more reason to keep serving. A switch that takes longer than ``SWITCH_TIMEOUT_S``
+raises: the driver stops, and Serve with it.
 """
 
 import logging
 from dataclasses import asdict
 
+from mlflow.exceptions import MlflowException
 from ray import serve
+from ray.exceptions import RayError
 
 from hashing.config import Config
 from hashing.errors import UserError
@@ -59,7 +64,7 @@ class Follower:
         try:
             new = plan_service(self.config, len(self.plan.partitions), split=self.plan.split,
                                encoded_only=True, **options)
-        except (UserError, ConnectionError) as exc:
+        except (UserError, ConnectionError, MlflowException) as exc:  # not ready, or the registry is down
             self._report(f"keeping models:/{self.plan.model_name}/{self.plan.model_version}: {exc}")
             return False
         if new.model_uri == self.plan.model_uri:
@@ -67,13 +72,14 @@ class Follower:
             return False
         try:
             deploy_codes(new)
-        except (RuntimeError, TimeoutError) as exc:  # Serve's "deploy failed": a replica that cannot start
+            result = serve.get_app_handle(APP_NAME).switch.remote(asdict(new)).result(
+                timeout_s=SWITCH_TIMEOUT_S)
+        except (RuntimeError, RayError) as exc:  # a partition that cannot start, an encoder that cannot load
             for name in codes_app_names(new):
                 serve.delete(name)
-            self._report(f"keeping models:/{self.plan.model_name}/{self.plan.model_version}: the partitions "
-                         f"of v{new.model_version} failed to deploy ({exc})")
+            self._report(f"keeping models:/{self.plan.model_name}/{self.plan.model_version}: "
+                         f"v{new.model_version} failed to deploy ({exc})")
             return False
-        result = serve.get_app_handle(APP_NAME).switch.remote(asdict(new)).result(timeout_s=SWITCH_TIMEOUT_S)
         for name in codes_app_names(self.plan):
             serve.delete(name)
         serve.run(build_following_app(new), name=APP_NAME, route_prefix="/", blocking=False)

@@ -211,3 +211,23 @@ def test_follower_keeps_serving_and_says_why_once_while_codes_are_incomplete(mon
     assert follower.plan.model_version == 3
     assert [r.getMessage() for r in caplog.records] == [
         "keeping models:/m/3: models:/m/4 has no codes_uri tag yet: its encode has not finished"]
+
+
+def test_follower_removes_a_new_version_that_fails_to_deploy_and_keeps_the_old(monkeypatch, caplog) -> None:
+    from hashing import serving_follow
+
+    new = _plan(version=4)
+    deleted = []
+    monkeypatch.setattr(serving_follow, "plan_service", lambda *args, **kwargs: new)
+
+    def deploy_codes(plan):
+        raise RuntimeError("Deploying app 'hashing-codes-v4-p0' failed")
+
+    monkeypatch.setattr(serving_follow, "deploy_codes", deploy_codes)
+    monkeypatch.setattr(serving_follow.serve, "delete", deleted.append)
+    follower = serving_follow.Follower(config=None, plan=_plan(version=3))
+    with caplog.at_level("INFO", logger="serve"):
+        assert not follower.poll()
+    assert follower.plan.model_version == 3
+    assert deleted == ["hashing-codes-v4-p0", "hashing-codes-v4-p1"]  # the new version's, never the old's
+    assert "keeping models:/m/3: v4 failed to deploy (Deploying app" in caplog.text

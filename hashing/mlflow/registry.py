@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.logging_utils import disable_logging, enable_logging
 
 from hashing.code_shards import version_uri
 from hashing.config import is_remote
@@ -53,8 +54,16 @@ class ResolvedModel:
 def register_model(
     model_uri: str, name: str, alias: str | None = CHALLENGER, tags: dict[str, str] | None = None
 ) -> int:
-    """Register ``model_uri`` as a new version of ``name``, move ``alias`` to it; return the version."""
-    version = mlflow.register_model(model_uri, name, tags=tags)
+    """Register ``model_uri`` as a new version of ``name``, move ``alias`` to it; return the version.
+
+    MLflow's own "Successfully registered model" / "Created version" lines (printed, not logged) are
+    held back: the one INFO line here says it, with the alias.
+    """
+    disable_logging()
+    try:
+        version = mlflow.register_model(model_uri, name, tags=tags)
+    finally:
+        enable_logging()
     if alias:
         MlflowClient().set_registered_model_alias(name, alias, version.version)
     log.info("registered %s version %s%s", name, version.version, f" as @{alias}" if alias else "")

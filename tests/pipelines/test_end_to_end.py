@@ -32,7 +32,18 @@ def _run_demo(root: Path, *overrides: str) -> str:
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
     assert "Traceback" not in output, output[-6000:]  # a healthy run reads as one (issue 14)
+    noise = [line for line in output.splitlines() if any(mark in line for mark in RAY_NOISE)]
+    assert not noise, "\n".join(noise[:20])  # our lines, not Ray's (issue 15)
     return done.stdout
+
+
+# What Ray prints by itself at INFO (off unless --log-level DEBUG): Ray Train's worker-group, process-group
+# and report lines, Ray Data's execution summaries, a deprecation warning Ray Train triggers in Ray Data,
+# and MLflow's registry chatter.
+RAY_NOISE = ("Started training worker group", "Setting up process group", "Reporting training result",
+             "Checkpoint successfully created", "execution finished in",
+             "RayDeprecationWarning", "Requesting resources", "Successfully registered model",
+             "Created version")
 
 
 def _check_results(root: Path, stdout: str, codes_root: str) -> None:

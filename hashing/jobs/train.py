@@ -41,7 +41,7 @@ from hashing.mlflow import names
 from hashing.mlflow.logged_model import log_hashing_model
 from hashing.mlflow.registry import register_model
 from hashing.mlflow.runs import log_config, set_experiment, setup_tracking
-from hashing.ray_session import init_ray
+from hashing.ray_session import init_ray, train_log_level
 from hashing.train_eval import evaluate, fit_and_evaluate_baseline, make_preprocess
 from hashing.train_worker import TRAIN_DATASET, train_loop_per_worker
 
@@ -153,7 +153,8 @@ def read_training_split(config: Config, preprocess: Preprocess, quarantine: Remo
 
 def fit(config: Config, manifest: DatasetManifest, train_data, run_name: str):
     """Run ``TorchTrainer.fit``; return its ``ray.train.Result`` (raises if training failed for good)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig,
+                           TrainingFailedError)
     from ray.train.torch import TorchTrainer
 
     fs, path = storage.ray_filesystem(config.train.storage_path)
@@ -177,6 +178,7 @@ def fit(config: Config, manifest: DatasetManifest, train_data, run_name: str):
             storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=config.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.checkpoints_to_keep),
+            logging_config=LoggingConfig(log_level=train_log_level()),
         ),
         datasets={TRAIN_DATASET: train_data},
     )

@@ -129,3 +129,28 @@ def test_training_rejects_bad_worker_counts() -> None:
     assert training.main(["--workers", "0"]) == 2
     assert training.main(["--workers", "one"]) == 2
 
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("_restore_mlflow_globals", "ray_local")
+def test_serve_load_test_answers_every_request_and_prints_its_table(tmp_path, capsys) -> None:
+    from benchmarks import serve as serve_benchmark
+
+    args = ["--sizes", "3000", "--clients", "1,3", "--requests", "40", "--k", "5", "--shard-size", "1000",
+            "--workdir", str(tmp_path)]
+    assert serve_benchmark.main(args) == 0
+    out = capsys.readouterr().out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| 3000 |")]
+    assert [(r[2], r[3], r[7]) for r in rows] == [("1", "40", "0"), ("3", "40", "0")]  # clients, sent, errors
+    assert all(float(r[4]) > 0 for r in rows)
+
+    written = load_split(str(tmp_path / "codes" / "clustered-3000-seed0" / "database"))
+    assert len(written) == 3000 and len(written.parts) == 3 and written.bits == 64
+    assert list(written.keys[:2]) == [serve_benchmark.key_of(0), serve_benchmark.key_of(1)]
+
+
+def test_serve_load_test_rejects_bad_arguments() -> None:
+    from benchmarks import serve as serve_benchmark
+
+    assert serve_benchmark.main(["--sizes", "0"]) == 2
+    assert serve_benchmark.main(["--clients", "two"]) == 2
+    assert serve_benchmark.main(["--sizes", "1000", "--shard-size", "1000", "--partitions", "2"]) == 2

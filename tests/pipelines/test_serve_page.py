@@ -256,3 +256,9 @@ def test_errors_are_shown_in_the_page(service, browser) -> None:
     status, body, _ = _get(f"{service['url']}/search?key=no-such-key&k=3")
     assert status == 404 and shown == json.loads(body)["error"]
     assert browser.evaluate("document.querySelectorAll('#results figure').length") == 0
+
+    _open(browser, service["url"])
+    _submit(browser, "text", 3, text="shirt")
+    shown = browser.wait_for("document.getElementById('error').textContent", "the error line")
+    status, body, _ = _get(f"{service['url']}/search/text?q=shirt&k=3")
+    assert status == 400 and shown == json.loads(body)["error"]  # IDHN has no text network

@@ -266,10 +266,9 @@ async def fan_out(bundle: VersionBundle, method: str, *args: object) -> list:
                                    return_exceptions=True)
     failed = [(p, a) for p, a in enumerate(answers) if isinstance(a, Exception)]
     if failed:
-        plan = bundle.plan
+        plan, (partition, error) = bundle.plan, failed[0]
         log.warning("partitions %s of models:/%s/%d failed: %s", [p for p, _ in failed], plan.model_name,
-                    plan.model_version, failed[0][1])
-        partition, error = failed[0]
+                    plan.model_version, error)
         raise ServiceError(503, f"partition {partition} of {plan.model_name} v{plan.model_version} did not "
                                 f"answer ({type(error).__name__}); it is being restarted: retry in "
                                 f"{RETRY_AFTER_S} s")

@@ -231,3 +231,22 @@ def test_follower_removes_a_new_version_that_fails_to_deploy_and_keeps_the_old(m
     assert follower.plan.model_version == 3
     assert deleted == ["hashing-codes-v4-p0", "hashing-codes-v4-p1"]  # the new version's, never the old's
     assert "keeping models:/m/3: v4 failed to deploy (Deploying app" in caplog.text
+
+
+def test_a_bug_in_a_request_is_a_500_json_without_the_traceback() -> None:
+    """The ingress's handler for unexpected exceptions, on a FastAPI app of its own."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from hashing.serving_app import internal_error
+
+    app = FastAPI()
+    app.add_exception_handler(Exception, internal_error)
+
+    @app.get("/bug")
+    async def bug() -> None:
+        raise KeyError("secret internals")
+
+    response = TestClient(app, raise_server_exceptions=False).get("/bug")
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error (KeyError); see the service's log"}

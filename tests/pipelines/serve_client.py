@@ -88,3 +88,11 @@ def replica_pids(app: str, deployment: str) -> set[int]:
 
     return {a["Pid"] for a in state.actors().values()
             if a["ActorClassName"] == f"ServeReplica:{app}:{deployment}" and a["State"] == "ALIVE"}
+
+
+def encoded_version(model_registry, method: str = "idhn", seed: int = 7, alias: str = "champion"):
+    """A registered version of ``method`` (random weights from ``seed``) with ``alias`` moved to it, and
+    its query + database code shards (``codes_uri`` tag set)."""
+    model = model_registry.register(method, seed=seed, alias=alias)
+    model_registry.encode(model)
+    return model

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from tests.pipelines.serve_client import call, expected_hits
+from tests.pipelines.serve_client import call, encoded_version, expected_hits
 
 pytestmark = pytest.mark.slow
 
@@ -29,9 +29,7 @@ UPLOAD_LIMIT = 64 * 1024
 @pytest.fixture(scope="module")
 def champion(model_registry):
     """An IDHN version with alias champion and its query + database code shards."""
-    model = model_registry.register("idhn", seed=7, alias="champion")
-    model_registry.encode(model)
-    return model
+    return encoded_version(model_registry)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import free_port
-from tests.pipelines.serve_client import RequestStream, call, expected_hits, replica_pids
+from tests.pipelines.serve_client import RequestStream, call, encoded_version, expected_hits, replica_pids
 
 pytestmark = pytest.mark.slow
 
@@ -31,9 +31,8 @@ MAX_ERROR_RATE = 0.1
 
 @pytest.fixture(scope="module")
 def champion(model_registry):
-    model = model_registry.register("idhn", seed=7, alias="champion")
-    model_registry.encode(model)
-    return model
+    """An IDHN version with alias champion and its query + database code shards."""
+    return encoded_version(model_registry)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import free_port
-from tests.pipelines.serve_client import RequestStream, call, expected_hits, replica_pids
+from tests.pipelines.serve_client import RequestStream, call, encoded_version, expected_hits, replica_pids
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +32,7 @@ TEXTS = ["dress, handbag", "Ankle boot bag", "sandal"]
 @pytest.fixture(scope="module")
 def versions(model_registry) -> dict:
     """v1 (champion, encoded) and v2 (registered as challenger, not encoded yet)."""
-    v1 = model_registry.register("dsmhn", seed=7, alias="champion")
-    model_registry.encode(v1)
+    v1 = encoded_version(model_registry, "dsmhn", seed=7)
     v2 = model_registry.register("dsmhn", seed=8, alias="challenger")
     return {"v1": v1, "v2": v2}
 

@@ -5,14 +5,15 @@
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python pipelines/encode.py ...
 
 Recipe: config -> dataset.json -> the model pinned to a version (``encode.version``, else
-``encode.alias``; ``--nightly``: ``champion``) -> the plan: for each split in ``encode.splits``, the source
-shards without a finished part under ``{encode.codes_root}/{model}/v{version}/{split}/`` (all of them
-with ``--force``) -> a Ray Data job: ``read_binary_files`` of those shards -> ``map_batches`` with a
-pool of ``encode.actors`` ``hashing.encoding.ShardEncoder`` actors (each loads the model once;
-``encode.batch_size`` images per forward pass; ``encode.use_gpu``) -> the driver writes each returned
-part whole-file as it arrives -> an MLflow run (model name and version, dataset fingerprint, parts
-written and skipped, rows, images/s, ``parts.json``, ``quarantine.json``) -> on success the run is
-tagged ``complete`` and the model version gets ``codes_uri`` / ``codes_dataset_fingerprint`` tags.
+``encode.alias``; ``--nightly``: ``champion``) -> the plan (``hashing.encode_plan``): for each split in
+``encode.splits``, the source shards without a finished part under
+``{encode.codes_root}/{model}/v{version}/{split}/`` (all of them with ``--force``) -> a Ray Data job:
+``read_binary_files`` of those shards -> ``map_batches`` with a pool of ``encode.actors``
+``hashing.encoding.ShardEncoder`` actors (each loads the model once; ``encode.batch_size`` images per
+forward pass; ``encode.use_gpu``) -> the driver writes each returned part whole-file as it arrives ->
+an MLflow run (model name and version, dataset fingerprint, parts written and skipped, rows, images/s,
+``parts.json``, ``quarantine.json``) -> on success the run is tagged ``complete`` and the model version
+gets ``codes_uri`` / ``codes_dataset_fingerprint`` tags.
 
 A killed run leaves finished parts only (a part is written whole or not at all), so rerunning the
 same command encodes just the missing ones and no key is ever written twice.
@@ -38,10 +39,11 @@ from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
 from hashing import storage
-from hashing.code_shards import finished_parts, part_uri, split_uri, version_uri
+from hashing.code_shards import part_uri, split_uri, version_uri
 from hashing.config import Config
 from hashing.data.quarantine import Quarantine
-from hashing.data.schema import DatasetManifest, UnknownSplitError, load_manifest
+from hashing.data.schema import DatasetManifest, load_manifest
+from hashing.encode_plan import nightly_mode, plan
 from hashing.encoding import ShardEncoder, ShardRef, bad_samples_from_json
 from hashing.errors import InputError
 from hashing.mlflow import names
@@ -153,51 +155,6 @@ def run_encode(config: Config, nightly: bool = False, force: bool = False,
                        (names.CODES_RUN_ID, result.run_id)):
         client.set_model_version_tag(model.name, str(model.version), key, value)
     return result
-
-
-def nightly_mode(codes_root: str, model: ResolvedModel) -> str:
-    """``full`` when the last complete encode of ``model.name`` into ``codes_root`` was of another version
-    (or there is none), else ``incremental``; the reason is logged."""
-    runs = mlflow.search_runs(
-        filter_string=(f"tags.{names.TAG_JOB} = 'encode' and tags.{names.TAG_COMPLETE} = 'true' and "
-                       f"tags.{names.TAG_MODEL_NAME} = '{model.name}' and "
-                       f"tags.{names.TAG_CODES_ROOT} = '{codes_root}'"),
-        order_by=["attributes.start_time DESC"], max_results=1, output_format="list",
-    )
-    if not runs:
-        log.info("nightly: no complete encode of %s into %s yet: encoding everything with champion v%d",
-                 model.name, codes_root, model.version)
-        return "full"
-    last = int(runs[0].data.tags[names.TAG_MODEL_VERSION])
-    if last != model.version:
-        log.info("nightly: champion changed from v%d (run %s) to v%d: encoding everything", last,
-                 runs[0].info.run_id, model.version)
-        return "full"
-    log.info("nightly: champion v%d unchanged since run %s: encoding new source shards only", last,
-             runs[0].info.run_id)
-    return "incremental"
-
-
-def plan(config: Config, manifest: DatasetManifest, model: ResolvedModel,
-         force: bool) -> tuple[dict[str, ShardRef], list[str]]:
-    """``({reader path: ShardRef} to encode, [source shards already finished])`` over ``encode.splits``."""
-    _, base = storage.filesystem(config.dataset.uri)  # the reader reports paths as this filesystem names them
-    pending: dict[str, ShardRef] = {}
-    skipped: list[str] = []
-    for split in config.encode.splits:
-        try:
-            shards = manifest.split(split).shards
-        except UnknownSplitError as exc:
-            raise InputError(f"encode.splits: {exc}") from None
-        done = {} if force else finished_parts(split_uri(config.encode.codes_root, model.name, model.version,
-                                                         split),
-                                               {s.path: s.sha256 for s in shards}, model.uri)
-        skipped += list(done)
-        for s in shards:
-            if s.path not in done:
-                pending[f"{base.rstrip('/')}/{s.path}"] = ShardRef(
-                    split, storage.join(config.dataset.uri, s.path), s)
-    return pending, skipped
 
 
 def run_job(config: Config, manifest: DatasetManifest, model: ResolvedModel, pending: dict[str, ShardRef],

@@ -68,7 +68,17 @@ def quiet_ray_logs() -> None:
     warnings.filterwarnings("ignore", message=r".*ExecutionOptions\.exclude_resources.* is deprecated")
     # Ray Data runs parts of a job in actors (e.g. Ray Train's SplitCoordinator): their INFO lines too
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger(train_report_logger_name()).setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
+def train_report_logger_name() -> str:
+    """The logger of Ray Train's "Reporting training result N: TrainingReport(...)" INFO line (one per
+    worker and report): named by its module's file path, so Ray Train's own level (``train_log_level``)
+    misses it. Computed from Ray's location, without importing Ray Train."""
+    import ray
+
+    return os.path.join(os.path.dirname(ray.__file__), "train", "v2", "_internal", "execution", "context.py")
 
 
 def train_log_level() -> str:

@@ -252,3 +252,14 @@ def test_ray_data_imported_in_a_worker_stays_at_warning(tmp_path) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert f"ray.data level in a worker: {logging.WARNING}" in out, out[-3000:]
+
+
+def test_ray_trains_report_line_logger_is_quieted(monkeypatch) -> None:
+    """Ray Train names the logger of its per-report INFO line by file path: quiet_ray_logs finds it."""
+    from ray.train.v2._internal.execution import context
+
+    monkeypatch.setenv(ray_session.LOG_LEVEL_ENV, "INFO")
+    logger = logging.getLogger(ray_session.train_report_logger_name())
+    monkeypatch.setattr(logger, "level", logging.NOTSET)
+    ray_session.quiet_ray_logs()
+    assert context.logger is logger and not logger.isEnabledFor(logging.INFO)

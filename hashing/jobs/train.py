@@ -153,8 +153,14 @@ def read_training_split(config: Config, preprocess: Preprocess, quarantine: Remo
 
 def fit(config: Config, manifest: DatasetManifest, train_data, run_name: str):
     """Run ``TorchTrainer.fit``; return its ``ray.train.Result`` (raises if training failed for good)."""
-    from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig,
-                           TrainingFailedError)
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+        TrainingFailedError,
+    )
     from ray.train.torch import TorchTrainer
 
     fs, path = storage.ray_filesystem(config.train.storage_path)

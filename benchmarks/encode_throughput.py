@@ -9,9 +9,9 @@ folder -> the config's untrained model (default: IDHN on the pretrained Efficien
 registered in a sqlite MLflow there -> the same images of ``encode.splits`` go through:
 
 1. plain loop: one process, ``torch.set_num_threads(--threads)``: read each tar, decode and
-   preprocess its samples (``hashing.data.read``'s decoder, as the job), ``method.encode_image`` in
-   batches of ``--batch-size`` under ``torch.inference_mode``, ``pack_signs``. Decode and forward
-   seconds are reported apart.
+   preprocess its samples (``hashing.data.read``'s decoder, as the job), ``Encoder.encode_images`` in
+   batches of ``--batch-size`` (eval and inference mode, ``pack_signs``). Decode and forward seconds
+   are reported apart.
 2. ShardEncoder, no Ray: ``hashing.encoding.ShardEncoder.encode_shard`` on each shard in this
    process (the job's per-shard work, Parquet part included), same threads.
 3. Ray Data job: ``pipelines/encode.run_encode`` (``--force``), ``--actors`` actors of
@@ -46,7 +46,6 @@ import mlflow
 from benchmarks.common import builtin_config, machine, markdown_table
 from hashing import storage
 from hashing.code_shards import load_split
-from hashing.codes import pack_signs
 from hashing.config import Config, ConfigError
 from hashing.data.read import decode_shard
 from hashing.data.schema import DatasetManifest
@@ -89,9 +88,8 @@ def shard_refs(config: Config, manifest: DatasetManifest) -> list[ShardRef]:
 def plain_loop(encoder: Encoder, refs: list[ShardRef], classes: int) -> dict[str, Any]:
     """Decode + forward every image of ``refs`` in this process; seconds split into decode and forward,
     and ``codes``: ``{key: packed code bytes}``."""
-    method, batch_size = encoder.method, encoder.batch_size
-    with torch.inference_mode():  # warm-up: the first call of a model pays one-off set-up costs
-        method.encode_image(torch.zeros(2, 3, encoder.preprocess.size, encoder.preprocess.size))
+    batch_size, size = encoder.batch_size, encoder.preprocess.size
+    encoder.encode_images(np.zeros((2, 3, size, size), np.float32))  # warm-up: one-off set-up costs
     decode_s = forward_s = 0.0
     codes: dict[str, bytes] = {}
     start = time.perf_counter()
@@ -102,12 +100,10 @@ def plain_loop(encoder: Encoder, refs: list[ShardRef], classes: int) -> dict[str
                                                  encoder.preprocess,
                                                  vocab=None) if isinstance(item, dict)]
         t1 = time.perf_counter()
-        with torch.inference_mode():
-            for i in range(0, len(samples), batch_size):
-                batch = samples[i : i + batch_size]
-                images = torch.from_numpy(np.stack([s["image"] for s in batch]))
-                packed = pack_signs(method.encode_image(images))
-                codes.update((s["key"], code.tobytes()) for s, code in zip(batch, packed, strict=True))
+        for i in range(0, len(samples), batch_size):
+            batch = samples[i : i + batch_size]
+            packed = encoder.encode_images(np.stack([s["image"] for s in batch]))
+            codes.update((s["key"], code.tobytes()) for s, code in zip(batch, packed, strict=True))
         decode_s += t1 - t0
         forward_s += time.perf_counter() - t1
     return {"images": len(codes), "seconds": time.perf_counter() - start, "decode_s": decode_s,

@@ -18,7 +18,6 @@ import numpy as np
 
 from hashing import storage
 from hashing.code_shards import CodeShardError, SplitCodes, list_parts, load_split, part_name
-from hashing.codes import pack_signs
 from hashing.config import Config
 from hashing.data.schema import DatasetManifest
 from hashing.data.splits import RETRIEVAL_SPLITS
@@ -150,7 +149,7 @@ def text_code(model: ResolvedModel, method_name: str, vocabulary: TagVocabulary,
         ValueError: the method has no text network, no tag in ``text``, or ``vocabulary`` is not the size
             the model was trained with.
     """
-    import torch
+    from hashing.encoding import Encoder
 
     if "text" not in method_class(method_name).modalities:
         raise InputError(f"models:/{model.name}/{model.version} ({method_name}) has no text network; "
@@ -158,6 +157,4 @@ def text_code(model: ResolvedModel, method_name: str, vocabulary: TagVocabulary,
     tags = parse_tags(text, vocabulary)
     log.info("text query as tags: %s", tags)
     method, _ = load_hashing_model(model.uri)
-    bag = torch.from_numpy(vocabulary.bag_of_words(tags)[None])
-    with torch.inference_mode():
-        return pack_signs(method.encode_text(bag).float())
+    return Encoder(method).encode_tags(vocabulary.bag_of_words(tags)[None])

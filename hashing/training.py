@@ -228,7 +228,9 @@ def run_epoch(
     progress.epoch += 1
     progress.batch_in_epoch = 0
     progress.loss_sums = {}
-    log.info("epoch %d done at step %d: loss %.5f", int(row["epoch"]), progress.step, row["loss"])
+    # The means are the same on every worker: one line (rank 0's) per epoch, the others at DEBUG.
+    log.log(logging.INFO if world()[0] == 0 else logging.DEBUG, "epoch %d done at step %d: loss %.5f",
+            int(row["epoch"]), progress.step, row["loss"])
     return row
 
 

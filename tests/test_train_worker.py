@@ -128,6 +128,22 @@ def test_checkpoint_hook_runs_every_n_global_steps() -> None:
     assert steps == [4, 8, 12]
 
 
+def test_only_rank_0_logs_the_epoch_line(monkeypatch, caplog) -> None:
+    """Every worker has the same epoch means: one INFO line per epoch (rank 0's), not one per worker."""
+    import logging
+
+    from hashing import training
+
+    config = _config()
+    for rank, level in ((0, logging.INFO), (1, logging.DEBUG)):
+        state = make_train_state(from_config(config, 10, 0), config)
+        monkeypatch.setattr(training, "world", lambda rank=rank: (rank, 1))
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="hashing.training"):
+            run_epoch(state, _batches(0))
+        assert [r.levelno for r in caplog.records if "epoch 0 done" in r.getMessage()] == [level]
+
+
 def test_an_epoch_without_batches_is_a_clear_error() -> None:
     config = _config()
     state = make_train_state(from_config(config, 10, 0), config)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.logging_utils import disable_logging, enable_logging
+from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
 
 from hashing.code_shards import version_uri
 from hashing.config import is_remote
@@ -59,11 +59,12 @@ def register_model(
     MLflow's own "Successfully registered model" / "Created version" lines (printed, not logged) are
     held back: the one INFO line here says it, with the alias.
     """
-    disable_logging()
+    was_enabled = MLFLOW_LOGGING_STREAM.enabled
+    MLFLOW_LOGGING_STREAM.enabled = False
     try:
         version = mlflow.register_model(model_uri, name, tags=tags)
     finally:
-        enable_logging()
+        MLFLOW_LOGGING_STREAM.enabled = was_enabled
     if alias:
         MlflowClient().set_registered_model_alias(name, alias, version.version)
     log.info("registered %s version %s%s", name, version.version, f" as @{alias}" if alias else "")

@@ -518,10 +518,11 @@ def build_following_app(plan: ServicePlan) -> serve.Application:
 
 def deploy_codes(plan: ServicePlan) -> list[str]:
     """Deploy ``plan``'s partitions, each as its own Serve application without a route
-    (``codes_app_names``); returns once every replica is healthy. Returns the application names."""
+    (``codes_app_names``), all at once; returns once every replica is healthy. Returns the application
+    names."""
     names = codes_app_names(plan)
-    for name, app in zip(names, partition_apps(plan), strict=True):
-        serve.run(app, name=name, route_prefix=None, blocking=False)
+    serve.run_many([serve.RunTarget(app, name=name, route_prefix=None)
+                    for name, app in zip(names, partition_apps(plan), strict=True)])
     return names
 
 

@@ -45,9 +45,9 @@ from hashing.config import Config, ConfigError
 from hashing.data.read import TORCH_COLUMNS, RemoteQuarantine, iter_split
 from hashing.data.schema import DatasetManifest
 from hashing.methods import from_config
+from hashing.ray_training import read_training_split, run_trainer
 from hashing.train_eval import make_preprocess
 from hashing.training import fit
-from pipelines import train as train_job
 
 log = logging.getLogger("bench.training")
 
@@ -122,15 +122,13 @@ def ray_run(config: Config, manifest: DatasetManifest, workers: int) -> dict[str
     started = init_ray(config.ray.address, config.ray.num_cpus)
     ray_ready = time.time()
     ray.data.DataContext.get_current().enable_progress_bars = False
-    original_loop = train_job.train_loop_per_worker
-    train_job.train_loop_per_worker = timed_train_loop  # what train_job.fit hands to TorchTrainer
     try:
-        data = train_job.read_training_split(config, make_preprocess(config),
-                                             RemoteQuarantine(config.data.max_bad_fraction))
+        data = read_training_split(config, make_preprocess(config),
+                                   RemoteQuarantine(config.data.max_bad_fraction))
         fit_start = time.time()
-        result = train_job.fit(config, manifest, data, run_name=f"bench-{workers}w-{int(start)}")
+        result = run_trainer(config, manifest, data, run_name=f"bench-{workers}w-{int(start)}",
+                             train_loop=timed_train_loop)
     finally:
-        train_job.train_loop_per_worker = original_loop
         if started:
             ray.shutdown()
     rank0 = result.return_value

@@ -125,6 +125,18 @@ def test_training_plain_run_records_every_step(tmp_path) -> None:
     assert len(in_memory["steps"]) == len(run["steps"])
 
 
+@pytest.mark.slow
+def test_training_ray_run_times_the_jobs_trainer_with_its_own_loop(tmp_path) -> None:
+    """The Ray Train row runs the job's own ``run_trainer`` with the benchmark's timed loop."""
+    config, manifest = common.builtin_config(
+        tmp_path, TEST_CONFIG, "tiny", ["train.epochs=1", "train.batch_size=32", "ray.num_cpus=2",
+                                        f"train.storage_path={tmp_path / 'train'}"]
+    )
+    run = training.ray_run(config, manifest, workers=1)
+    assert len(run["steps"]) == manifest.split("train").samples // 32
+    assert training.summarise("ray 1 worker", run)["steady_samples_per_s"] > 0
+
+
 def test_training_rejects_bad_worker_counts() -> None:
     assert training.main(["--workers", "0"]) == 2
     assert training.main(["--workers", "one"]) == 2

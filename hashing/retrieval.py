@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from hashing.index import HammingIndex
 from hashing.methods import method_class
 from hashing.mlflow.logged_model import load_hashing_model
 from hashing.mlflow.registry import ResolvedModel
+
+if TYPE_CHECKING:
+    from hashing.encoding import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +158,18 @@ def text_code(model: ResolvedModel, method_name: str, vocabulary: TagVocabulary,
     if "text" not in method_class(method_name).modalities:
         raise InputError(f"models:/{model.name}/{model.version} ({method_name}) has no text network; "
                          "--text needs a multimodal model (e.g. method dsmhn); use --key or --image")
+    parse_tags(text, vocabulary)  # a text without a known tag fails before the model is downloaded
+    method, _ = load_hashing_model(model.uri)
+    return tags_code(Encoder(method), vocabulary, text)
+
+
+def tags_code(encoder: Encoder, vocabulary: TagVocabulary, text: str) -> np.ndarray:
+    """The code uint8[1, B] of comma-separated tags ``text`` (``parse_tags``, bag-of-words over
+    ``vocabulary``) from ``encoder``'s text network (``hashing search --text``, the query service).
+
+    Raises:
+        InputError: no tag of ``vocabulary`` in ``text``.
+    """
     tags = parse_tags(text, vocabulary)
     log.info("text query as tags: %s", tags)
-    method, _ = load_hashing_model(model.uri)
-    return Encoder(method).encode_tags(vocabulary.bag_of_words(tags)[None])
+    return encoder.encode_tags(vocabulary.bag_of_words(tags)[None])

@@ -449,28 +449,21 @@ class Search:
     def _text_code(self, text: str, bundle: VersionBundle | None = None) -> np.ndarray:
         """The code uint8[1, B] of comma-separated tags (``parse_tags`` over the dataset's tags, as
         ``hashing search --text``) from the text network of ``bundle``'s model (default: now's)."""
-        import torch
-
-        from hashing.codes import pack_signs
         from hashing.data.tags import TagVocabulary
-        from hashing.retrieval import parse_tags
+        from hashing.retrieval import tags_code
 
         bundle = bundle or self.bundle
-        plan, method = bundle.plan, bundle.encoder.method
-        if "text" not in method.modalities:
+        plan = bundle.plan
+        if "text" not in bundle.encoder.method.modalities:
             raise ServiceError(400, f"models:/{plan.model_name}/{plan.model_version} has no text network: "
                                     "text queries need a multimodal model (e.g. method dsmhn; serve one with "
                                     "search.model=NAME); use /search?key=KEY or POST /search/image")
         if not text.strip():
             raise ServiceError(400, "give tags: /search/text?q=dress,handbag&k=K")
-        vocabulary = TagVocabulary(plan.tags or [])
         try:
-            tags = parse_tags(text, vocabulary)
+            return tags_code(bundle.encoder, TagVocabulary(plan.tags or []), text)
         except InputError as exc:
             raise ServiceError(400, f"{exc}; give comma-separated tags of the dataset") from None
-        bag = torch.from_numpy(vocabulary.bag_of_words(tags)[None])
-        with torch.inference_mode():
-            return pack_signs(method.encode_text(bag).float())
 
     async def _answer(self, query: np.ndarray, k: int, bundle: VersionBundle | None = None) -> dict:
         """The top-k of a query code uint8[1, B] over ``bundle``'s partitions (default: now's), merged."""

@@ -95,7 +95,8 @@ def print_where_results_are(config: Config, common: list[str]) -> None:
     print(f"training checkpoints:   {config.train.storage_path}")
     print(f"search again:           {step_command('search', [*common, '--key', SAMPLE_QUERY_KEY])[1]}")
     print(f"serve the champion:     {step_command('serve', common)[1]}")
-    print(f"                        then http://127.0.0.1:{DEFAULT_PORT}/search?key={SAMPLE_QUERY_KEY}&k=10")
+    print(f"                        then http://127.0.0.1:{DEFAULT_PORT}/ (the web page) or "
+          f"http://127.0.0.1:{DEFAULT_PORT}/search?key={SAMPLE_QUERY_KEY}&k=10")
 
 
 if __name__ == "__main__":

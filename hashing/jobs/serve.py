@@ -75,6 +75,7 @@ def run_cli(config, args: argparse.Namespace) -> int:
         sizes = [len(p) for p in plan.partitions]
         print(f"serving models:/{plan.model_name}/{plan.model_version} ({plan.codes_uri}/{plan.split}, "
               f"parts per partition {sizes}) at {url}", flush=True)
+        print(f"  web page: {url}/", flush=True)
         print(f"  curl '{url}/search?key=KEY&k=10'", flush=True)
         print(f"  curl --data-binary @image.png '{url}/search/image?k=10'", flush=True)
         print(f"  following the registry every {args.poll_seconds:g} s" if following else

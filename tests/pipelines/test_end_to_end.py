@@ -56,7 +56,7 @@ def _check_results(root: Path, stdout: str, codes_root: str) -> None:
     for step in ("ingest", "train", "encode", "evaluate", "promote", "search"):
         assert f"=== {step}: python pipelines/{step}.py" in stdout, step
     assert "serve the champion:     python pipelines/serve.py --config configs/test.yaml" in stdout
-    assert "http://127.0.0.1:8000/search?key=" in stdout
+    assert "http://127.0.0.1:8000/ (the web page)" in stdout and "http://127.0.0.1:8000/search?key=" in stdout
 
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     try:

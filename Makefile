@@ -8,9 +8,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup chromium demo test test-fast lint clean
 
-setup: $(VENV)/.installed $(FASHION_MNIST) chromium
+setup: $(VENV)/.installed $(FASHION_MNIST)
 
-# A headless browser for the web page's test (tests/pipelines/test_serve_page.py).
+# A headless browser for the web page's test (tests/pipelines/test_serve_page.py): `make test` only.
 chromium:
 	@command -v chromium >/dev/null || { echo "Installing the Debian package chromium (browser test)..."; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium \
@@ -32,7 +32,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: setup
 	$(PY) pipelines/demo.py
 
-test: setup
+test: setup chromium
 	$(PY) -m pytest -q
 
 test-fast: setup

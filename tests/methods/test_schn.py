@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as nnf
 
 from hashing.encoding import Encoder
+from hashing.errors import InputError
 from hashing.methods import build_method
 from hashing.methods.base import label_graph
 from hashing.methods.schn import SCHN, dcc_codes, dcc_objective, soft_similarity
@@ -233,3 +234,123 @@ def test_cycle_and_adversarial_terms_reach_only_the_cycle_module_and_latent_spac
             # wrongly differs by the order of the gradient itself.
             scale = float(w.abs().max()) if w is not None else 1.0
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5 * max(scale, 1.0), msg=name)
+
+
+# --- codes="dataset": the reference's training-set code matrix B --------------------------------------
+
+
+def indexed_batches(
+    data: dict[str, torch.Tensor], size: int, order: np.ndarray
+) -> list[dict[str, torch.Tensor]]:
+    """``data`` (all training rows) in batches of ``size`` rows taken in ``order``, each with its rows'
+    ``index`` int64[b] into the training set."""
+    out = []
+    for start in range(0, len(order), size):
+        rows = torch.from_numpy(order[start : start + size]).long()
+        out.append({"image": data["image"][rows], "labels": data["labels"][rows], "index": rows})
+    return out
+
+
+def dataset_method(n: int = 24, bits: int = 8) -> tuple[SCHN, dict[str, torch.Tensor]]:
+    torch.manual_seed(0)
+    data = digits_batch(n, classes=4, parity_and_size=True)
+    method = SCHN(SmallCNN(), bits=bits, num_classes=6, codes="dataset", train_size=n)
+    return method, data
+
+
+def test_dataset_codes_need_a_train_size_and_a_known_mode():
+    with pytest.raises(InputError, match="train_size"):
+        SCHN(SmallCNN(), bits=8, num_classes=4, codes="dataset")
+    with pytest.raises(InputError, match="codes"):
+        SCHN(SmallCNN(), bits=8, num_classes=4, codes="global")
+    with pytest.raises(InputError, match="train_size"):
+        SCHN(SmallCNN(), bits=8, num_classes=4, train_size=10)
+
+
+def test_dataset_codes_are_a_buffer_and_change_only_through_update_codes():
+    method, data = dataset_method()
+    assert "train_codes" in dict(method.named_buffers())
+    assert all(p is not method.train_codes for p in method.parameters())
+    epoch = indexed_batches(data, 8, np.arange(24))
+    method.update_codes(epoch)
+    first = method.train_codes.clone()
+    assert set(torch.unique(first).tolist()) == {-1.0, 1.0}
+    torch.testing.assert_close(method.train_labels, data["labels"])
+    fit(method, lambda e: indexed_batches(data, 8, np.random.default_rng(e).permutation(24)), 3, lr=1e-2)
+    torch.testing.assert_close(method.train_codes, first, rtol=0, atol=0)  # training steps leave B alone
+    q, u, _ = method.dataset_targets(epoch)
+    method.update_codes(epoch)
+    torch.testing.assert_close(method.train_codes, dcc_codes(q, u, start=first), rtol=0, atol=0)
+
+
+def test_dataset_dcc_update_never_increases_the_objective():
+    method, data = dataset_method(n=32, bits=12)
+    order = np.random.default_rng(0).permutation(32)
+    method.update_codes(indexed_batches(data, 8, order))
+    optimizers = make_optimizers(method, lr=1e-2)
+    for epoch in range(3):
+        for batch in indexed_batches(data, 8, np.random.default_rng(epoch).permutation(32)):
+            optimizers["main"].zero_grad()
+            method(batch)["loss"].backward()
+            optimizers["main"].step()
+        q, u, _ = method.dataset_targets(indexed_batches(data, 8, order))
+        before = float(dcc_objective(method.train_codes, u, q))
+        changed = method.update_codes(indexed_batches(data, 8, order))
+        assert float(dcc_objective(method.train_codes, u, q)) <= before + 1e-6 * abs(before)
+        assert 0.0 <= changed <= 1.0
+
+
+def test_dataset_targets_are_in_training_set_order_and_cover_every_row():
+    method, data = dataset_method()
+    order = np.random.default_rng(1).permutation(24)
+    q, u, labels = method.dataset_targets(indexed_batches(data, 6, order))
+    assert q.shape == u.shape == (24, 8)
+    torch.testing.assert_close(labels, data["labels"])
+    torch.testing.assert_close(u, method.eval().encode_image(data["image"]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="2 of 24 rows missing"):
+        method.update_codes(indexed_batches(data, 6, order[:-2]))
+    with pytest.raises(InputError, match="twice"):
+        method.update_codes(indexed_batches(data, 6, np.concatenate([order, order[:3]])))
+
+
+def test_dataset_loss_pairs_the_batch_with_all_of_b_and_quantises_to_its_own_rows():
+    method, data = dataset_method()
+    method.latent_dropout.p = 0.0
+    method.update_codes(indexed_batches(data, 8, np.arange(24)))
+    batch = indexed_batches(data, 8, np.random.default_rng(2).permutation(24))[0]
+    sp = method._spaces(batch)
+    b, k = method.train_codes, method.bits
+    s = label_graph(batch["labels"], data["labels"])  # float[8, 24]: the batch vs every training row
+    u = sp["u_img"].detach()
+    want = 12 / k * ((k * s - u @ b.T) ** 2).mean() + 10 * ((u - b[batch["index"]]) ** 2).mean()
+    assert float(method(batch)["code_img"]) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_dataset_codes_raise_clearly_without_index_before_update_or_under_ddp(monkeypatch):
+    method, data = dataset_method()
+    batch = indexed_batches(data, 8, np.arange(24))[0]
+    with pytest.raises(InputError, match="update_codes"):
+        method(batch)
+    with pytest.raises(InputError, match=r"batch\['index'\]"):
+        method.update_codes([{"image": batch["image"], "labels": batch["labels"]}])
+    method.update_codes(indexed_batches(data, 8, np.arange(24)))
+    with pytest.raises(InputError, match=r"batch\['index'\]"):
+        method({"image": batch["image"], "labels": batch["labels"]})
+    with pytest.raises(InputError, match="0..23"):
+        method({**batch, "index": batch["index"] + 20})
+    monkeypatch.setattr("hashing.methods.schn.world", lambda: (0, 2))
+    with pytest.raises(InputError, match="single process"):
+        method(batch)
+    with pytest.raises(InputError, match="single process"):
+        method.update_codes(indexed_batches(data, 8, np.arange(24)))
+
+
+def test_dcc_warm_start_never_increases_the_objective_of_the_start():
+    u, _, _, _, q = dcc_problem(n=16, k=8, seed=4)
+    g = torch.Generator().manual_seed(5)
+    for _ in range(10):
+        start = torch.randint(0, 2, u.shape, generator=g).double() * 2 - 1
+        kept = start.clone()
+        b = dcc_codes(q, u, sweeps=1, start=start)
+        torch.testing.assert_close(start, kept)  # the start is not modified
+        assert float(dcc_objective(b, u, q)) <= float(dcc_objective(start, u, q)) + 1e-9

@@ -1,7 +1,7 @@
 """Quality benchmark: every hashing method and baseline on a built-in dataset, chosen on validation.
 
     .venv/bin/python benchmarks/quality.py [--preset cpu|gpu|frozen|smoke] [--dataset default|single|...]
-        [--bits 32,64] [--methods idhn,schn,dsmhn,udmsh,dpsh,lsh,itq,float] [--seeds 0,1,2]
+        [--bits 32,64] [--methods idhn,schn,dsmhn,udmsh,dpsh,lsh,itq,float[,schn-b]] [--seeds 0,1,2]
         [--grid small|none] [--epochs N] [--threads N] [--json PATH] [--mlflow URI]
 
 Protocol (issue 13):
@@ -23,6 +23,11 @@ Protocol (issue 13):
 - Report: **mean ± std over the seeds**; a target difference is **called** only when it exceeds both
   methods' stds (with one seed there is no spread, so nothing is called). The continuous-output mAP
   (cosine ranking of the relaxed codes) gives each deep method's quantisation ratio.
+- ``schn-b`` (opt-in, not in the default ``--methods``): SCHN with the paper's learned database-code
+  matrix (``codes: dataset``; B for the training rows, updated by DCC before training and after every
+  epoch), same config, budget and grid as ``schn``; chosen on validation against its learned B. For
+  ``schn`` and ``schn-b`` two more columns score the query against the **training rows** as database:
+  their learned B (the paper's protocol, schn-b only) and their encoded sign(U_img).
 - ``--mlflow URI``: one parent run per invocation, a child run per training (grid point or seed)
   with its parameters and validation / test metrics.
 
@@ -62,13 +67,19 @@ from hashing.methods.shallow import ITQ, LSH, cosine_ranking_report
 from hashing.metrics import retrieval_report
 from hashing.models import build_backbone
 from hashing.models.backbone import CachedTrunk, Features
-from hashing.training import fit
+from hashing.training import fit, lr_step_size, new_train_state, run_epoch
 
 log = logging.getLogger("quality")
 
-DEEP_METHODS = ("idhn", "schn", "dsmhn", "udmsh", "dpsh")
+DEEP_METHODS = ("idhn", "schn", "dsmhn", "udmsh", "dpsh", "schn-b")
 SHALLOW_METHODS = ("lsh", "itq", "float")
 ALL_METHODS = DEEP_METHODS + SHALLOW_METHODS
+OPT_IN = ("schn-b",)  # run only when named in --methods
+DEFAULT_METHODS = tuple(m for m in ALL_METHODS if m not in OPT_IN)
+# A variant row: (the method and config it trains, method params it sets).
+VARIANTS: dict[str, tuple[str, dict]] = {"schn-b": ("schn", {"codes": "dataset"})}
+# Rows also scored with the training rows as database (query vs learned B / vs encoded train).
+TRAIN_DATABASE = ("schn", "schn-b")
 SUPERVISED_SEEDS = ("idhn", "schn", "dsmhn")
 # What each row's training reads besides the images: shown in the table's "labels" column.
 USES = {
@@ -77,6 +88,7 @@ USES = {
     "dsmhn": "yes + tags",
     "udmsh": "no",
     "dpsh": "yes",
+    "schn-b": "yes",
     "lsh": "no",
     "itq": "no",
     "float": "no",
@@ -95,6 +107,7 @@ GRID: dict[str, tuple[str, tuple[float, ...]]] = {
     "dsmhn": ("lam", (1.0, 0.1)),  # weight of the label-prediction term
     "udmsh": ("graded_weight", (1.0, 0.1)),  # weight of the graded (non-confident) pairs
     "dpsh": ("eta", (0.1, 0.01)),  # quantisation weight
+    "schn-b": ("gamma", (10.0, 1.0)),  # as schn
 }
 
 
@@ -307,7 +320,8 @@ def carve_validation(
 
 
 class InputBatches:
-    """Batches ``{"image", "labels", "tags"}`` of a split in the form the preset's backbone takes."""
+    """Batches ``{"image", "labels", "tags", "index"}`` of a split in the form the preset's backbone
+    takes; ``index`` int64[b]: the rows' positions in the split."""
 
     def __init__(self, preset: Preset, mean: tuple, std: tuple) -> None:
         self.preset = preset
@@ -332,6 +346,7 @@ class InputBatches:
                 "image": self.image(split.inputs[rows]),
                 "labels": torch.from_numpy(split.labels[rows]).to(self.device),
                 "tags": torch.from_numpy(split.tags[rows]).to(self.device),
+                "index": torch.from_numpy(rows.astype(np.int64)).to(self.device),
             }
 
 
@@ -346,12 +361,15 @@ def batches(
 
 @dataclass
 class Trained:
-    """Relaxed codes float32[n, K] by (modality, split), the per-epoch losses and the training time (s)."""
+    """Relaxed codes float32[n, K] by (modality, split), the per-epoch losses and the training time (s);
+    ``train_codes``: a method's learned code matrix B float32[n_train, K] in {-1, +1} of the train split
+    (SCHN with ``codes: dataset``), else None."""
 
     codes: dict[tuple[str, str], np.ndarray]
     losses: list[float]
     seconds: float
     method: object = None
+    train_codes: np.ndarray | None = None
 
 
 CACHED_GRID = 2  # the frozen mode caches the spatial features pooled to this grid (_frozen_backbone)
@@ -424,23 +442,29 @@ def train_deep_method(
     params: dict | None = None,
     splits: tuple[str, ...] = ("query", "database"),
 ) -> Trained:
-    """Train method ``name`` (hyperparameters from ``configs/{name}.yaml`` with ``CONFIG_OVERRIDES``,
-    ``params`` overriding its method params, lr x ``lr_factor``) on the ``train`` split with ``epochs``
-    epochs of shuffled batches of ``preset.batch_size`` rows (last partial batch dropped); encode
-    ``splits``."""
+    """Train method ``name`` (a method or a ``VARIANTS`` row; hyperparameters from
+    ``configs/{method}.yaml`` with ``CONFIG_OVERRIDES[name]``, the variant's and then ``params``
+    overriding its method params, lr x ``lr_factor``) on the ``train`` split with ``epochs`` epochs of
+    shuffled batches of ``preset.batch_size`` rows (last partial batch dropped); encode ``splits``.
+    A method with a training-set code matrix (SCHN ``codes: dataset``) gets ``train_size`` and its
+    ``update_codes`` runs before the first epoch and after each (``train_epochs``)."""
+    base, variant_params = VARIANTS.get(name, (name, {}))
     config = load_config(
-        REPO / "configs" / f"{name}.yaml", [f"model.bits={bits}", *CONFIG_OVERRIDES.get(name, [])]
+        REPO / "configs" / f"{base}.yaml", [f"model.bits={bits}", *CONFIG_OVERRIDES.get(name, [])]
     )
     train = features.splits["train"]
+    method_params = {**config.method.params, **variant_params, **(params or {})}
+    if method_params.get("codes") == "dataset":
+        method_params["train_size"] = len(train.labels)
     backbone = method_backbone(preset, features, config.model.spatial_grid)
     torch.manual_seed(seed)  # the method's own layers and the shuffling differ by seed, the backbone does not
     method = build_method(
-        name,
+        base,
         backbone=backbone,
         bits=bits,
         num_classes=train.labels.shape[1],
         tag_vocab_size=train.tags.shape[1],
-        **{**config.method.params, **(params or {})},
+        **method_params,
     )
     if hasattr(method, "set_tag_vocabulary"):
         method.set_tag_vocabulary(list(TAG_VOCABULARY))
@@ -453,17 +477,28 @@ def train_deep_method(
         return make(train, preset.batch_size, order, drop_last=True)
 
     started = time.perf_counter()
-    history = fit(
-        method,
-        epoch_batches,
-        epochs,
-        config.train.lr * lr_factor,
-        config.train.weight_decay,
-        config.train.lr_step_every,
-        config.train.lr_gamma,
-        config.train.lr_decays,
-        steps_per_epoch,
-    )
+    if getattr(method, "codes", None) == "dataset":
+        history = train_epochs(
+            method,
+            epoch_batches,
+            lambda: make(train, preset.batch_size),
+            epochs,
+            config.train,
+            lr_factor,
+            steps_per_epoch,
+        )
+    else:
+        history = fit(
+            method,
+            epoch_batches,
+            epochs,
+            config.train.lr * lr_factor,
+            config.train.weight_decay,
+            config.train.lr_step_every,
+            config.train.lr_gamma,
+            config.train.lr_decays,
+            steps_per_epoch,
+        )
     seconds = time.perf_counter() - started
     losses = [row.get("main/loss", row["loss"]) for row in history]  # a multi-phase method: its main phase
     log.info(
@@ -476,7 +511,34 @@ def train_deep_method(
         seconds,
         [round(v, 4) for v in losses],
     )
-    return Trained(encode_method(method, features, preset, splits), losses, seconds, method)
+    train_codes = method.train_codes.cpu().numpy() if getattr(method, "codes", None) == "dataset" else None
+    return Trained(encode_method(method, features, preset, splits), losses, seconds, method, train_codes)
+
+
+def train_epochs(
+    method,
+    epoch_batches,
+    code_batches,
+    epochs: int,
+    train_config,
+    lr_factor: float,
+    steps_per_epoch: int,
+) -> list[dict[str, float]]:
+    """``hashing.training.fit`` with the training-set code update of SCHN ``codes: dataset``:
+    ``method.update_codes(code_batches())`` (every training row once, in order) before the first
+    epoch and after each (the reference's outer iteration). Returns fit's rows, each with
+    ``codes_changed``: the fraction of B's bits that the update after that epoch flipped."""
+    step_size = lr_step_size(epochs * steps_per_epoch, train_config.lr_step_every, train_config.lr_decays)
+    state = new_train_state(
+        method, train_config.lr * lr_factor, train_config.weight_decay, step_size, train_config.lr_gamma
+    )
+    method.update_codes(code_batches())
+    history = []
+    for epoch in range(epochs):
+        row = run_epoch(state, epoch_batches(epoch))
+        history.append({**row, "lr": state.lr(), "codes_changed": method.update_codes(code_batches())})
+    log.info("codes flipped by each epoch's update: %s", [round(r["codes_changed"], 4) for r in history])
+    return history
 
 
 def encode_method(method, features: FeatureSet, preset: Preset, splits: tuple[str, ...]) -> dict:
@@ -576,6 +638,33 @@ def score_codes(
     return row
 
 
+def score_train_database(trained: Trained, features: FeatureSet, query: str = "query") -> dict[str, float]:
+    """mAP@1000 of the image query codes of ``query`` with the **train** split as database:
+    ``train_enc`` against the encoded train rows sign(U_img) (needs the ``("image", "train")`` codes),
+    ``train_b`` against the method's learned code matrix B of those rows (when it has one)."""
+    q_codes = pack_signs(trained.codes["image", query])
+    q_labels = features.splits[query].labels.astype(np.uint8)
+    db_labels = features.splits["train"].labels.astype(np.uint8)
+
+    def against(db_codes: np.ndarray) -> float:
+        return retrieval_report(
+            q_codes, pack_signs(db_codes), q_labels, db_labels, topk=TOPK, ndcg_k=NDCG_K, radius=RADIUS
+        )[MAP]
+
+    row = {"train_enc": against(trained.codes["image", "train"])}
+    if trained.train_codes is not None:
+        row["train_b"] = against(trained.train_codes)
+    return row
+
+
+def validation_score(trained: Trained, features: FeatureSet) -> float:
+    """The grid's criterion: mAP@1000 of val queries against the rest of train, as the method
+    retrieves: its learned code matrix B when it has one (``schn-b``), else the encoded train rows."""
+    if trained.train_codes is not None:
+        return score_train_database(trained, features, "val")["train_b"]
+    return score_codes(trained, features, "val", "train")[MAP]
+
+
 def score_float_features(features: FeatureSet) -> dict[str, float]:
     """The ceiling: cosine ranking of the frozen backbone's global features (no codes, so no radius)."""
     return cosine_ranking_report(
@@ -664,7 +753,7 @@ def run_deep(
             trained = train_deep_method(
                 name, bits, features, preset, epochs, seeds[0], lr_factor, params, splits=("val", "train")
             )
-            val = score_codes(trained, features, "val", "train")[MAP]
+            val = validation_score(trained, features)
             log_m({"val_map@1000": val, "train_seconds": trained.seconds})
         log.info("%s %d bits grid %s: val mAP@1000 %.4f", name, bits, label, val)
         val_scores.append(val)
@@ -672,6 +761,7 @@ def run_deep(
             kept = trained
     best = int(np.argmax(val_scores))
     lr_factor, params = points[best]
+    final_splits = ("query", "database", "train") if name in TRAIN_DATABASE else ("query", "database")
     per_seed, seconds = [], []
     for seed in seeds:
         with tracker.child(
@@ -682,8 +772,12 @@ def run_deep(
                 trained = kept
                 trained.codes.update(encode_method(trained.method, features, preset, ("query", "database")))
             else:
-                trained = train_deep_method(name, bits, features, preset, epochs, seed, lr_factor, params)
+                trained = train_deep_method(
+                    name, bits, features, preset, epochs, seed, lr_factor, params, splits=final_splits
+                )
             scores = score_codes(trained, features, continuous=True)
+            if name in TRAIN_DATABASE:
+                scores.update(score_train_database(trained, features))
             log_m({**scores, "train_seconds": trained.seconds})
         per_seed.append(scores)
         seconds.append(trained.seconds)
@@ -757,6 +851,11 @@ COLUMNS = [
     ("t2t", "T->T mAP@1000"),
     ("seconds", "train s"),
 ]
+# Shown only when some row has them (schn, schn-b): the query against the train split as database.
+TRAIN_DATABASE_COLUMNS = [
+    ("train_b", "db = train (learned B) mAP@1000"),
+    ("train_enc", "db = train (encoded) mAP@1000"),
+]
 # Printed under the table: which codes the unprefixed columns score.
 COLUMN_NOTE = (
     "mAP@1000, NDCG@100 and P@r<=2 are I->I (image query codes vs image database codes; "
@@ -766,10 +865,21 @@ COLUMN_NOTE = (
     "outputs (the quantisation ratio); val mAP@1000: validation queries vs the rest of train, at the "
     "first seed, for the grid point chosen"
 )
+TRAIN_DATABASE_NOTE = (
+    "db = train: image query codes vs the training rows (the train split without val) as database, "
+    "mean ± std over the seeds; learned B: the code matrix B that schn-b keeps and updates by DCC "
+    "(the paper's protocol; schn-b is chosen on val against it); encoded: the rows' sign(U_img)"
+)
+
+
+def table_columns(rows: list[dict]) -> list[tuple[str, str]]:
+    """``COLUMNS``, then the ``TRAIN_DATABASE_COLUMNS`` that some row has."""
+    return COLUMNS + [(k, t) for k, t in TRAIN_DATABASE_COLUMNS if any(k in row for row in rows)]
 
 
 def format_table(rows: list[dict]) -> str:
-    """A Markdown table of ``rows`` (missing values shown as "-"; ``key_std`` appended as ± when > 1 seed)."""
+    """A Markdown table of ``rows`` with ``table_columns(rows)`` (missing values shown as "-"; ``key_std``
+    appended as ± when > 1 seed)."""
 
     def cell(row: dict, key: str) -> str:
         value = row.get(key)
@@ -784,11 +894,12 @@ def format_table(rows: list[dict]) -> str:
             )
         return str(value)
 
+    columns = table_columns(rows)
     lines = [
-        "| " + " | ".join(title for _, title in COLUMNS) + " |",
-        "|" + "|".join("---" if k in ("method", "labels", "chosen") else "---:" for k, _ in COLUMNS) + "|",
+        "| " + " | ".join(title for _, title in columns) + " |",
+        "|" + "|".join("---" if k in ("method", "labels", "chosen") else "---:" for k, _ in columns) + "|",
     ]
-    lines += ["| " + " | ".join(cell(row, key) for key, _ in COLUMNS) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(row, key) for key, _ in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -878,7 +989,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dataset", choices=sorted(PRESETS), help="built-in dataset (default: the preset's)")
     parser.add_argument("--bits", default="32,64", help="comma-separated code lengths (multiples of 8)")
     parser.add_argument(
-        "--methods", default=",".join(ALL_METHODS), help=f"comma-separated subset of {','.join(ALL_METHODS)}"
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma-separated subset of {','.join(ALL_METHODS)} (default: all but {','.join(OPT_IN)})",
     )
     parser.add_argument(
         "--seeds", default="0,1,2", help="initialisation / shuffling seeds (mean ± std over them)"
@@ -1020,6 +1133,9 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows))
     print()
     print(COLUMN_NOTE)
+    if len(table_columns(rows)) > len(COLUMNS):
+        print()
+        print(TRAIN_DATABASE_NOTE)
     print()
     checks = target_checks(rows)
     print("Targets (a difference is called only when it exceeds both stds):")

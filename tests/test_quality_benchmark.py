@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks import quality  # the repository root is on sys.path (tests/conftest.py)
 from hashing.codes import hamming_distance, pack_bits
@@ -366,3 +367,66 @@ def test_whole_backbone_and_frozen_modes_run_end_to_end(mode, tmp_path, monkeypa
     assert all(0.0 <= r["map@1000"] <= 1.0 for r in rows)
     assert len(list(tmp_path.glob(f"tiny-seed0-small_cnn-random-32px-{mode}.npz"))) == 1
     assert f"trained: smoke {mode}" in capsys.readouterr().out
+
+
+def test_schn_b_row_learns_b_between_epochs_and_scores_the_query_against_the_training_rows(
+    tmp_path, monkeypatch, capsys
+):
+    from hashing.methods.schn import SCHN
+
+    updates = []  # (row indices of the update's batches, B before the update) per update_codes call
+    update = SCHN.update_codes
+
+    def spy(self, batches):
+        batches = list(batches)
+        updates.append((torch.cat([b["index"] for b in batches]).tolist(), self.train_codes.clone()))
+        return update(self, batches)
+
+    monkeypatch.setattr(SCHN, "update_codes", spy)
+    out_json = tmp_path / "rows.json"
+    argv = ["--preset", "smoke", "--bits", "16", "--seeds", "0", "--grid", "none"]
+    code = quality.main(
+        [*argv, "--methods", "schn,schn-b", "--cache-dir", str(tmp_path), "--json", str(out_json)]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    header, *rows = _table_rows(printed)
+    assert header[-2:] == ["db = train (learned B) mAP@1000", "db = train (encoded) mAP@1000"]
+    assert quality.TRAIN_DATABASE_NOTE in printed
+    by_method = {r[0]: dict(zip(header, r, strict=True)) for r in rows}
+    assert by_method["schn"]["db = train (learned B) mAP@1000"] == "-"  # plain schn keeps no B
+    saved = {r["method"]: r for r in json.loads(out_json.read_text())["rows"]}
+    assert 0.0 <= saved["schn"]["train_enc"] <= 1.0 and "train_b" not in saved["schn"]
+    assert all(0.0 <= saved["schn-b"][k] <= 1.0 for k in ("train_b", "train_enc", quality.MAP))
+    # One schn-b training (2 epochs): B updated before the first epoch and after each, every time
+    # over all 192 training rows in order; plain schn never updates.
+    n_train = 192
+    assert len(updates) == 3
+    assert all(index == list(range(n_train)) for index, _ in updates)
+    assert not updates[0][1].any() and updates[1][1].abs().min() == 1  # zeros, then binary codes
+
+
+def test_score_train_database_reads_the_learned_codes_and_the_encoded_train_rows():
+    # Learned B equal to the label bits retrieves perfectly; the encoded train rows are noise.
+    rng = np.random.default_rng(0)
+    labels = {
+        s: np.eye(4, dtype=np.float32)[rng.integers(0, 4, n)] for s, n in (("query", 30), ("train", 200))
+    }
+    codes = {("image", s): np.repeat(2 * labels[s] - 1, 4, axis=1) for s in labels}
+    noise = rng.standard_normal((200, 16)).astype(np.float32)
+    features = quality.FeatureSet(
+        {
+            s: quality.Split(np.zeros((len(y), 1)), y, np.zeros((len(y), 1)), np.zeros((len(y), 1)))
+            for s, y in labels.items()
+        },
+        1,
+        0,
+    )
+    learned = quality.Trained(
+        {**codes, ("image", "train"): noise}, [], 0.0, train_codes=codes["image", "train"]
+    )
+    row = quality.score_train_database(learned, features)
+    assert row["train_b"] == pytest.approx(1.0) and row["train_enc"] < 0.6
+    encoded_only = quality.score_train_database(quality.Trained(codes, [], 0.0), features)
+    assert encoded_only == {"train_enc": pytest.approx(1.0)}
+    assert "schn-b" in quality.DEEP_METHODS and "schn-b" not in quality.DEFAULT_METHODS  # opt-in

@@ -149,8 +149,10 @@ def ray_head(services) -> Iterator[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("entrypoint", [["python", "pipelines/train.py"], ["hashing", "train"]],
+                         ids=["python-pipelines", "console-script"])
 def test_ray_job_submit_trains_evaluates_and_registers_a_loadable_model(
-    ray_head: str, tiny_dataset: str, tmp_path: Path
+    ray_head: str, tiny_dataset: str, tmp_path: Path, entrypoint: list[str]
 ) -> None:
     import mlflow
 
@@ -163,7 +165,7 @@ def test_ray_job_submit_trains_evaluates_and_registers_a_loadable_model(
     root = tmp_path / "run"
     done = subprocess.run(
         [str(VENV_BIN / "ray"), "job", "submit", "--address", ray_head, "--working-dir", ".", "--",
-         "python", *_train_args(root, tiny_dataset)],
+         *entrypoint, *_train_args(root, tiny_dataset)[1:]],
         cwd=REPO, env=_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=JOB_TIMEOUT_S,
         check=False,
     )

@@ -39,6 +39,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from hashing.data.splits import Split
 from hashing.errors import UserError
 from hashing.mlflow.names import CHALLENGER, CHAMPION
 
@@ -392,7 +393,7 @@ class EncodeSection(ModelRefSection):
     """``pipelines/encode.py``: the Ray Data job writing Parquet code shards."""
 
     codes_root: str | None = Field(None, description="local folder or s3:// URI; None: {run.root}/codes")
-    splits: list[Literal["train", "query", "database"]] = Field(default_factory=lambda: ["query", "database"])
+    splits: list[Split] = Field(default_factory=lambda: ["query", "database"])
     batch_size: int = Field(256, gt=0, description="images per model call")
     actors: int = Field(2, gt=0, description="encoder actors (model replicas)")
     cpus_per_actor: float = Field(0.5, gt=0.0)
@@ -455,7 +456,7 @@ class IngestSection(_Section):
         None,
         description="folder source: a,b,c or a .txt file (one class per line); None: classes.txt by labels"
     )
-    split: Literal["train", "query", "database"] = Field("train", description="split of rows without one")
+    split: Split = Field("train", description="split of rows without one")
     max_shard_bytes: int | None = Field(None, gt=0, description="also cap shards at about this many bytes")
     overwrite: bool = Field(False,
                             description="replace a dataset already at dataset.uri (kept if this fails)")

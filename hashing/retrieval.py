@@ -158,18 +158,13 @@ def text_code(model: ResolvedModel, method_name: str, vocabulary: TagVocabulary,
     if "text" not in method_class(method_name).modalities:
         raise InputError(f"models:/{model.name}/{model.version} ({method_name}) has no text network; "
                          "--text needs a multimodal model (e.g. method dsmhn); use --key or --image")
-    parse_tags(text, vocabulary)  # a text without a known tag fails before the model is downloaded
+    tags = parse_tags(text, vocabulary)  # a text without a known tag fails before the model is downloaded
     method, _ = load_hashing_model(model.uri)
-    return tags_code(Encoder(method), vocabulary, text)
+    return tags_code(Encoder(method), vocabulary, tags)
 
 
-def tags_code(encoder: Encoder, vocabulary: TagVocabulary, text: str) -> np.ndarray:
-    """The code uint8[1, B] of comma-separated tags ``text`` (``parse_tags``, bag-of-words over
-    ``vocabulary``) from ``encoder``'s text network (``hashing search --text``, the query service).
-
-    Raises:
-        InputError: no tag of ``vocabulary`` in ``text``.
-    """
-    tags = parse_tags(text, vocabulary)
+def tags_code(encoder: Encoder, vocabulary: TagVocabulary, tags: list[str]) -> np.ndarray:
+    """The code uint8[1, B] of ``tags`` (from ``parse_tags``: words of ``vocabulary``), as a bag of words
+    through ``encoder``'s text network (``hashing search --text``, the query service)."""
     log.info("text query as tags: %s", tags)
     return encoder.encode_tags(vocabulary.bag_of_words(tags)[None])

@@ -450,7 +450,7 @@ class Search:
         """The code uint8[1, B] of comma-separated tags (``parse_tags`` over the dataset's tags, as
         ``hashing search --text``) from the text network of ``bundle``'s model (default: now's)."""
         from hashing.data.tags import TagVocabulary
-        from hashing.retrieval import tags_code
+        from hashing.retrieval import parse_tags, tags_code
 
         bundle = bundle or self.bundle
         plan = bundle.plan
@@ -460,10 +460,12 @@ class Search:
                                     "search.model=NAME); use /search?key=KEY or POST /search/image")
         if not text.strip():
             raise ServiceError(400, "give tags: /search/text?q=dress,handbag&k=K")
+        vocabulary = TagVocabulary(plan.tags or [])
         try:
-            return tags_code(bundle.encoder, TagVocabulary(plan.tags or []), text)
+            tags = parse_tags(text, vocabulary)
         except InputError as exc:
             raise ServiceError(400, f"{exc}; give comma-separated tags of the dataset") from None
+        return tags_code(bundle.encoder, vocabulary, tags)
 
     async def _answer(self, query: np.ndarray, k: int, bundle: VersionBundle | None = None) -> dict:
         """The top-k of a query code uint8[1, B] over ``bundle``'s partitions (default: now's), merged."""

@@ -19,24 +19,15 @@ def _table_rows(text: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
 
 
+def _smoke_args(methods: str, seeds: str, cache_dir, *extra: str) -> list[str]:
+    """The command line of a smoke-preset run at 16 bits."""
+    return ["--preset", "smoke", "--bits", "16", "--methods", methods, "--seeds", seeds,
+            "--cache-dir", str(cache_dir), *extra]
+
+
 def test_smoke_preset_prints_the_table_with_scores_in_unit_range(tmp_path, capsys):
     out_json = tmp_path / "rows.json"
-    code = quality.main(
-        [
-            "--preset",
-            "smoke",
-            "--bits",
-            "16",
-            "--methods",
-            "dsmhn,itq,float",
-            "--seeds",
-            "0,1",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            "--json",
-            str(out_json),
-        ]
-    )
+    code = quality.main(_smoke_args("dsmhn,itq,float", "0,1", tmp_path / "cache", "--json", str(out_json)))
     assert code == 0
     printed = capsys.readouterr().out
     header, *rows = _table_rows(printed)
@@ -240,22 +231,7 @@ def test_grid_and_seed_runs_are_mlflow_child_runs(tmp_path, capsys):
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     assert (
-        quality.main(
-            [
-                "--preset",
-                "smoke",
-                "--bits",
-                "16",
-                "--methods",
-                "idhn",
-                "--seeds",
-                "0,1",
-                "--cache-dir",
-                str(tmp_path / "cache"),
-                "--mlflow",
-                uri,
-            ]
-        )
+        quality.main(_smoke_args("idhn", "0,1", tmp_path / "cache", "--mlflow", uri))
         == 0
     )
     client = MlflowClient(tracking_uri=uri)
@@ -291,24 +267,8 @@ def test_override_flag_reaches_one_methods_config_and_bad_items_are_exit_code_2(
         quality, "load_config", lambda path, overrides: seen.append(overrides) or real(path, overrides)
     )
     assert (
-        quality.main(
-            [
-                "--preset",
-                "smoke",
-                "--methods",
-                "idhn",
-                "--bits",
-                "16",
-                "--seeds",
-                "0",
-                "--grid",
-                "none",
-                "--override",
-                "idhn:method.params.theta_scale=null",
-                "--cache-dir",
-                str(tmp_path),
-            ]
-        )
+        quality.main(_smoke_args("idhn", "0", tmp_path, "--grid", "none",
+                                 "--override", "idhn:method.params.theta_scale=null"))
         == 0
     )
     assert seen and all(o == ["model.bits=16", "method.params.theta_scale=null"] for o in seen)
@@ -342,24 +302,7 @@ def test_whole_backbone_and_frozen_modes_run_end_to_end(mode, tmp_path, monkeypa
     monkeypatch.setitem(quality.PRESETS_BY_NAME, "smoke", preset)
     out_json = tmp_path / "rows.json"
     assert (
-        quality.main(
-            [
-                "--preset",
-                "smoke",
-                "--bits",
-                "16",
-                "--methods",
-                "udmsh,itq",
-                "--seeds",
-                "0",
-                "--grid",
-                "none",
-                "--cache-dir",
-                str(tmp_path),
-                "--json",
-                str(out_json),
-            ]
-        )
+        quality.main(_smoke_args("udmsh,itq", "0", tmp_path, "--grid", "none", "--json", str(out_json)))
         == 0
     )
     rows = json.loads(out_json.read_text())["rows"]
@@ -384,10 +327,7 @@ def test_schn_b_row_learns_b_between_epochs_and_scores_the_query_against_the_tra
 
     monkeypatch.setattr(SCHN, "update_codes", spy)
     out_json = tmp_path / "rows.json"
-    argv = ["--preset", "smoke", "--bits", "16", "--seeds", "0", "--grid", "none"]
-    code = quality.main(
-        [*argv, "--methods", "schn,schn-b", "--cache-dir", str(tmp_path), "--json", str(out_json)]
-    )
+    code = quality.main(_smoke_args("schn,schn-b", "0", tmp_path, "--grid", "none", "--json", str(out_json)))
     assert code == 0
     printed = capsys.readouterr().out
     header, *rows = _table_rows(printed)

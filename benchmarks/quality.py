@@ -54,7 +54,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # benchmarks.* when run as a script
 
-from benchmarks.cached_features import CachedFeatures
+from benchmarks.cached_features import CachedFeatures, CachedStage
 from hashing.codes import pack_signs
 from hashing.config import ConfigError, load_config
 from hashing.data.builtin import CLASSES, PRESETS, TAG_VOCABULARY, builtin_samples
@@ -115,8 +115,10 @@ GRID: dict[str, tuple[str, tuple[float, ...]]] = {
 class Preset:
     """What a run trains on and how.
 
-    ``mode``: ``trunk`` (early blocks frozen, their outputs cached; later stages + heads train),
-    ``images`` (the whole backbone trains on images), ``frozen`` (pooled features cached; heads only).
+    ``mode``: ``stage`` (EfficientNet-Lite0 blocks before ``stage_start`` frozen, their outputs
+    cached; block ``stage_start`` on + heads train: ``CachedStage``), ``trunk`` (the backbone's
+    ``trunk`` frozen and cached, ``from_trunk`` + heads train: ``CachedTrunk``), ``images`` (the whole
+    backbone trains on images), ``frozen`` (pooled features cached; heads only).
     """
 
     dataset: str
@@ -130,6 +132,7 @@ class Preset:
     description: str
     device: str = "cpu"
     trained: str = ""
+    stage_start: int = 0  # ``stage`` mode: the first trained block
 
 
 PRESETS_BY_NAME: dict[str, Preset] = {
@@ -140,12 +143,13 @@ PRESETS_BY_NAME: dict[str, Preset] = {
         64,
         10,
         128,
-        "trunk",
+        "stage",
         1000,
-        "2 CPU cores: native 64 px, stem + blocks 0-10 frozen and cached, blocks 11-15 + head conv + "
-        "method layers trained, 10 epochs",
-        trained="EfficientNet-Lite0 blocks 11-15 (192/320-channel stages) + head conv + method layers; "
-        "stem + blocks 0-10 frozen (outputs cached)",
+        "2 CPU cores: native 64 px, stem + blocks 0-14 frozen and cached, block 15 (the 320-channel "
+        "stage) + head conv + method layers trained, 10 epochs",
+        trained="EfficientNet-Lite0 block 15 (the 320-channel stage) + head conv + method layers; "
+        "stem + blocks 0-14 frozen (outputs cached)",
+        stage_start=15,
     ),
     "gpu": Preset(
         "default",
@@ -191,8 +195,8 @@ PRESETS_BY_NAME: dict[str, Preset] = {
 class Split:
     """One split as arrays.
 
-    ``inputs``: what the methods' backbone takes, by preset mode: trunk outputs float16[n, C, h, w]
-    (``trunk``), raw images uint8[n, H, W] (``images``), or pooled [global, spatial] float32[n, d + s]
+    ``inputs``: what the methods' backbone takes, by preset mode: ``CachedStage`` rows float16[n, w]
+    (``stage``), trunk outputs float16[n, C, h, w] (``trunk``), raw images uint8[n, H, W] (``images``), or pooled [global, spatial] float32[n, d + s]
     (``frozen``). ``labels`` float32[n, c] multi-hot, ``tags`` float32[n, V] bag-of-words,
     ``features`` float32[n, d]: the frozen pretrained backbone's pooled global features (LSH, ITQ, float).
     """
@@ -224,12 +228,10 @@ class FeatureSet:
 
 
 def cache_path(cache_dir: Path, preset: Preset, seed: int) -> Path:
-    """``{cache_dir}/{dataset}-seed{seed}-{backbone}[-random]-{size}px-{mode}.npz``."""
+    """``{cache_dir}/{dataset}-seed{seed}-{backbone}[-random]-{size}px-{mode}[{stage_start}].npz``."""
     weights = "" if preset.pretrained else "-random"
-    return (
-        cache_dir
-        / f"{preset.dataset}-seed{seed}-{preset.backbone}{weights}-{preset.image_size}px-{preset.mode}.npz"
-    )
+    mode = f"{preset.mode}{preset.stage_start}" if preset.mode == "stage" else preset.mode
+    return cache_dir / f"{preset.dataset}-seed{seed}-{preset.backbone}{weights}-{preset.image_size}px-{mode}.npz"
 
 
 def _frozen_backbone(preset: Preset, seed: int, spatial_grid: int = 2):  # 2 = CACHED_GRID
@@ -241,6 +243,8 @@ def compute_inputs(preset: Preset, seed: int) -> dict[str, Split]:
     """Run the frozen (eval-mode) backbone over every split of the built-in dataset."""
     device = torch.device(preset.device)
     backbone = _frozen_backbone(preset, seed).eval().to(device)
+    if preset.mode == "stage":
+        staged = CachedStage(backbone, preset.stage_start, preset.image_size, CACHED_GRID)
     preprocess = Preprocess(preset.image_size, backbone.mean, backbone.std)
     vocab = TagVocabulary(TAG_VOCABULARY)
     splits = {}
@@ -256,7 +260,11 @@ def compute_inputs(preset: Preset, seed: int) -> dict[str, Split]:
             if len(chunk) == FEATURE_BATCH or i == size - 1:
                 with torch.inference_mode():
                     x = torch.from_numpy(preprocess.batch(chunk)).to(device)
-                    if preset.mode == "trunk":
+                    if preset.mode == "stage":
+                        rows = staged.cache_rows(x)
+                        out = staged(rows)
+                        inputs.append(rows.half().cpu().numpy())
+                    elif preset.mode == "trunk":
                         trunk = backbone.trunk(x)
                         out = backbone.from_trunk(trunk)
                         inputs.append(trunk.half().cpu().numpy())
@@ -372,7 +380,7 @@ class Trained:
     train_codes: np.ndarray | None = None
 
 
-CACHED_GRID = 2  # the frozen mode caches the spatial features pooled to this grid (_frozen_backbone)
+CACHED_GRID = 2  # the frozen and stage modes cache the spatial features pooled to this grid (_frozen_backbone)
 
 
 class RegriddedFeatures(CachedFeatures):
@@ -400,13 +408,15 @@ class RegriddedFeatures(CachedFeatures):
 
 
 def method_backbone(preset: Preset, features: FeatureSet, spatial_grid: int):
-    """The backbone a deep method trains with: ``CachedTrunk`` over a fresh pretrained backbone
-    (``trunk``), the whole fresh backbone (``images``), or cached pooled features (``frozen``)."""
+    """The backbone a deep method trains with: ``CachedStage`` (``stage``) or ``CachedTrunk``
+    (``trunk``) over a fresh pretrained backbone, the whole fresh backbone (``images``), or cached pooled features (``frozen``)."""
     if preset.mode == "frozen":
         if spatial_grid == CACHED_GRID:
             return CachedFeatures(features.global_dim, features.spatial_dim)
         return RegriddedFeatures(features.global_dim, features.spatial_dim, spatial_grid)
     backbone = _frozen_backbone(preset, features.backbone_seed, spatial_grid)
+    if preset.mode == "stage":
+        return CachedStage(backbone, preset.stage_start, preset.image_size, CACHED_GRID)
     return CachedTrunk(backbone) if preset.mode == "trunk" else backbone
 
 

@@ -292,13 +292,43 @@ def test_frozen_mode_repools_the_cached_spatial_grid_for_a_grid_1_config():
     torch.testing.assert_close(out.global_, grid2.global_)
 
 
-@pytest.mark.parametrize("mode", ["images", "frozen"])
-def test_whole_backbone_and_frozen_modes_run_end_to_end(mode, tmp_path, monkeypatch, capsys):
-    # The gpu preset's mode (the whole backbone trains on images) and the frozen mode, at smoke size
-    # on the CPU.
+def test_cached_stage_rows_reproduce_the_backbone_and_only_the_last_stage_and_head_train():
+    from benchmarks.cached_features import CachedStage
+    from hashing.models import build_backbone
+
+    images = torch.randn(2, 3, 64, 64)
+    for grid in (1, 2):
+        torch.manual_seed(0)
+        backbone = build_backbone("efficientnet_lite0", pretrained=False, spatial_grid=grid).eval()
+        with torch.no_grad():
+            expected = backbone(images)
+            staged = CachedStage(backbone, 15, 64, cached_grid=2)
+            out = staged(staged.cache_rows(images))
+        torch.testing.assert_close(out.global_, expected.global_, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out.spatial, expected.spatial, rtol=1e-5, atol=1e-5)
+        assert out.spatial.shape == (2, 112 * grid * grid)
+    trained = {name for name, p in staged.named_parameters() if p.requires_grad}
+    assert trained and all(
+        name.startswith(("inner._blocks.15.", "inner._conv_head.", "inner._bn1.")) for name in trained
+    )
+    assert any(name.startswith("inner._blocks.15.") for name in trained)
+    # 64 px: block 14 outputs 192 x 2 x 2, the 112-channel map is cached on a 2 x 2 grid
+    assert staged.row_width == 192 * 4 + 112 * 4
+    with pytest.raises(ValueError, match="cached rows float\\[b, 1216\\]"):
+        staged(torch.zeros(2, 100))
+    with pytest.raises(ValueError, match="after the spatial block"):
+        CachedStage(backbone, 10, 64, cached_grid=2)
+
+
+@pytest.mark.parametrize("mode", ["images", "frozen", "stage"])
+def test_whole_backbone_frozen_and_stage_modes_run_end_to_end(mode, tmp_path, monkeypatch, capsys):
+    # The gpu preset's mode (the whole backbone trains on images), the frozen mode and the cpu
+    # preset's stage mode (on a random EfficientNet-Lite0 at 32 px), at smoke size on the CPU.
     from dataclasses import replace
 
     preset = replace(quality.PRESETS_BY_NAME["smoke"], mode=mode, epochs=1, trained=f"smoke {mode}")
+    if mode == "stage":
+        preset = replace(preset, backbone="efficientnet_lite0", stage_start=15)
     monkeypatch.setitem(quality.PRESETS_BY_NAME, "smoke", preset)
     out_json = tmp_path / "rows.json"
     assert (
@@ -308,7 +338,10 @@ def test_whole_backbone_and_frozen_modes_run_end_to_end(mode, tmp_path, monkeypa
     rows = json.loads(out_json.read_text())["rows"]
     assert [r["method"] for r in rows] == ["udmsh", "itq"]
     assert all(0.0 <= r["map@1000"] <= 1.0 for r in rows)
-    assert len(list(tmp_path.glob(f"tiny-seed0-small_cnn-random-32px-{mode}.npz"))) == 1
+    cached = f"tiny-seed0-efficientnet_lite0-random-32px-{mode}15" if mode == "stage" else (
+        f"tiny-seed0-small_cnn-random-32px-{mode}"
+    )
+    assert len(list(tmp_path.glob(f"{cached}.npz"))) == 1
     assert f"trained: smoke {mode}" in capsys.readouterr().out
 
 

@@ -94,6 +94,9 @@ def test_grid_is_lr_times_one_constant_and_chosen_on_validation(monkeypatch):
     ]
     assert all(len(quality.grid_points(m, "small")) == 4 for m in quality.DEEP_METHODS)  # same budget
     assert quality.grid_points("idhn", "none") == [(1.0, {})]
+    for method, (constant, values) in quality.GRID.items():  # the shipped config's value comes first
+        config = quality.load_config(quality.REPO / "configs" / f"{method.split('-')[0]}.yaml")
+        assert config.method.params[constant] == values[0], (method, constant)
 
     # The point with the best validation score is the one trained at every seed; test scores never
     # enter the choice.

@@ -107,11 +107,11 @@ LR_FACTORS = (1.0, 3.0)
 GRID: dict[str, tuple[str, tuple[float, ...]]] = {
     "idhn": ("theta_scale", (0.5, 0.125)),  # theta = t <u, u'>; 0.125 is between the original 5/K and 0.5
     "schn": ("gamma", (10.0, 1.0)),  # weight of the quantisation to the learned codes B
-    "dsmhn": ("lam", (1.0, 0.1)),  # weight of the label-prediction term
+    "dsmhn": ("lam", (0.1, 1.0)),  # weight of the label-prediction term
     # weight of the global vs the spatial distance: which level carries the classes depends on the data
     # (on validation, the cosine ranking of the 2x2 spatial features beats the global one on
     # ``single`` and loses on ``default``)
-    "udmsh": ("omega", (0.5, 1.0)),
+    "udmsh": ("omega", (1.0, 0.5)),
     "dpsh": ("eta", (0.1, 0.01)),  # quantisation weight
     "schn-b": ("gamma", (10.0, 1.0)),  # as schn
 }

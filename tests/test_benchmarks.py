@@ -13,7 +13,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from benchmarks import common, encode_throughput, evaluation, search, training
+from benchmarks import common, encode_throughput, evaluation, pseudo_similarity, quality, search, training
 from hashing import storage
 from hashing.code_shards import load_split, part_uri
 from hashing.encoding import Encoder, ShardEncoder
@@ -166,3 +166,31 @@ def test_serve_load_test_rejects_bad_arguments() -> None:
     assert serve_benchmark.main(["--sizes", "0"]) == 2
     assert serve_benchmark.main(["--clients", "two"]) == 2
     assert serve_benchmark.main(["--sizes", "1000", "--shard-size", "1000", "--partitions", "2"]) == 2
+
+
+def test_pseudo_similarity_scores_the_cosine_ranking_of_each_level_on_validation(tmp_path, capsys) -> None:
+    args = ["--preset", "smoke", "--datasets", "tiny", "--image-size", "32", "--cache-dir", str(tmp_path)]
+    assert pseudo_similarity.main(args) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny |"))
+    scores = [float(x) for x in row.strip("| ").split(" | ")[1:]]
+    assert len(scores) == 3 and all(0.0 < x <= 1.0 for x in scores)
+
+    # omega 1 is the plain cosine ranking of the global features, omega 0 of the spatial ones
+    from dataclasses import replace
+
+    preset = replace(quality.PRESETS_BY_NAME["smoke"], mode="frozen", image_size=32)
+    features = quality.load_or_compute_features(preset, 0, tmp_path)
+    val, train, width = features.splits["val"], features.splits["train"], features.global_dim
+
+    def cosine_map(a: np.ndarray, b: np.ndarray) -> float:
+        a, b = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
+        return quality.ranking_report(a @ b.T, val.labels, train.labels)[quality.MAP]
+
+    got = pseudo_similarity.omega_scores(features, [1.0, 0.0])
+    assert got[1.0] == pytest.approx(cosine_map(val.inputs[:, :width], train.inputs[:, :width]), abs=1e-6)
+    assert got[0.0] == pytest.approx(cosine_map(val.inputs[:, width:], train.inputs[:, width:]), abs=1e-6)
+    assert scores[0] == pytest.approx(got[1.0], abs=1e-4) and scores[2] == pytest.approx(got[0.0], abs=1e-4)
+
+    with pytest.raises(SystemExit) as exit_info:
+        pseudo_similarity.main(["--omegas", "1.5"])
+    assert exit_info.value.code == 2

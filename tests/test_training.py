@@ -147,7 +147,7 @@ def test_schn_config_gives_new_layers_and_the_pretrained_backbone_their_own_rate
     method = build_method("schn", backbone=backbone, bits=16, num_classes=4, **config.method.params)
     optimizers = make_optimizers(method, config.train.lr, config.train.weight_decay)
     main = optimizers["main"].param_groups
-    assert [g["lr"] for g in main] == pytest.approx([1e-3, 4e-5])
+    assert [g["lr"] for g in main] == pytest.approx([3e-3, 1.2e-4])  # train.lr, x pretrained_lr_scale 0.04
     assert {id(p) for p in main[1]["params"]} == {id(p) for p in backbone.parameters()}
     assert {id(p) for p in method.image_hash.parameters()} <= {id(p) for p in main[0]["params"]}
-    assert [g["lr"] for g in optimizers["discriminator"].param_groups] == pytest.approx([1e-3])
+    assert [g["lr"] for g in optimizers["discriminator"].param_groups] == pytest.approx([3e-3])

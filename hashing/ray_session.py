@@ -36,6 +36,19 @@ class ResourceRequestTimeoutFilter(logging.Filter):
         return True
 
 
+# Ray's notice at ``ray.init`` of a local instance that token authentication is on (its default), with
+# how to turn it off: dropped unless DEBUG. Its warning that authentication is *off* stays.
+_TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+_TOKEN_AUTH_ENABLED = "Token authentication is enabled for this Ray cluster"
+
+
+class TokenAuthEnabledFilter(logging.Filter):
+    """Drops Ray's "Token authentication is enabled for this Ray cluster" notice; other records pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_TOKEN_AUTH_ENABLED)
+
+
 def debug_logging() -> bool:
     """True when the job runs at DEBUG (``HASHING_LOG_LEVEL``, set by ``--log-level`` / ``-v``): then
     Ray's own INFO lines and progress output stay on."""
@@ -111,6 +124,9 @@ def quiet_ray_output() -> None:
         return
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    auth_logger = logging.getLogger(_TOKEN_AUTH_LOGGER)
+    if not any(isinstance(f, TokenAuthEnabledFilter) for f in auth_logger.filters):
+        auth_logger.addFilter(TokenAuthEnabledFilter())
     # its "Progress bars disabled. To enable, set ..." warning, once per process
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()

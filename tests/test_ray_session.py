@@ -166,6 +166,31 @@ def test_quiet_ray_output_turns_ray_info_and_data_progress_pages_off_unless_debu
     assert ray_logger.level == logging.WARNING
 
 
+def test_quiet_ray_output_drops_rays_token_auth_enabled_notice_and_keeps_the_disabled_warning(
+    monkeypatch,
+) -> None:
+    import logging
+
+    from ray._private.authentication import authentication_token_setup as auth
+
+    assert auth.logger.name == ray_session._TOKEN_AUTH_LOGGER  # where Ray logs it
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    auth.logger.addHandler(handler)
+    try:
+        monkeypatch.setenv(ray_session.LOG_LEVEL_ENV, "INFO")
+        ray_session.quiet_ray_output()
+        ray_session.quiet_ray_output()  # once is enough: the filter is not added twice
+        auth._warn_token_auth_enabled()
+        auth._warn_token_auth_disabled()
+    finally:
+        auth.logger.removeHandler(handler)
+    messages = [r.getMessage() for r in records]
+    assert len(messages) == 1 and messages[0].startswith("Token authentication is disabled"), messages
+    assert sum(isinstance(f, ray_session.TokenAuthEnabledFilter) for f in auth.logger.filters) == 1
+
+
 OTHER_RAY = """
 import sys, time, ray
 ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")

@@ -39,11 +39,11 @@ def _run_demo(root: Path, *overrides: str) -> str:
 
 # What Ray prints by itself at INFO (off unless --log-level DEBUG): Ray Train's worker-group, process-group
 # and report lines, Ray Data's execution summaries, a deprecation warning Ray Train triggers in Ray Data,
-# and MLflow's registry chatter.
+# MLflow's registry chatter, and Ray's notice that token authentication is on.
 RAY_NOISE = ("Started training worker group", "Setting up process group", "Reporting training result",
              "Checkpoint successfully created", "execution finished in",
              "RayDeprecationWarning", "Requesting resources", "Successfully registered model",
-             "Created version")
+             "Created version", "Token authentication is enabled")
 
 
 def _check_results(root: Path, stdout: str, codes_root: str) -> None:

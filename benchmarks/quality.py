@@ -14,7 +14,8 @@ Protocol (issue 13):
   the **last stage (block 15: 320 channels) + the head conv + every method's own layers train**, with
   the same epochs / batch for every deep method (``CachedStage``). Training blocks 11-15 instead
   costs 4-11 min per training here (the depthwise convolutions' backward pass), too slow for the
-  whole protocol in 90 minutes; block 15 + head is about 20-40 s. ``gpu``
+  whole protocol in 90 minutes; with block 15 + head a training takes 35-136 s (SCHN the slowest),
+  about 70 minutes for the protocol on one dataset. ``gpu``
   trains the **whole backbone** at 224 px for the paper-scale number of steps (80 epochs of 4000 rows
   at batch 128 = 2480 steps) on CUDA. ``frozen`` is the previous setup (backbone frozen, pooled
   features cached, 112 px); ``smoke`` is seconds (tiny dataset, random small CNN, 32 px).

@@ -35,6 +35,15 @@ class CachedFeatures(Backbone):
         return Features(images[:, : self.feature_dim], images[:, self.feature_dim :])
 
 
+def check_pooled_grid(grid: int, cached_grid: int) -> None:
+    """Raises ValueError unless the model's ``spatial_grid`` ``grid`` can be average-pooled from features
+    cached on a ``cached_grid`` x ``cached_grid`` grid (``grid`` divides ``cached_grid``)."""
+    if cached_grid % grid:
+        raise ValueError(
+            f"model.spatial_grid {grid} cannot be pooled from the cached {cached_grid}x{cached_grid} grid"
+        )
+
+
 class CachedStage(Backbone):
     """EfficientNet-Lite0 trained from block ``start`` on, over rows cached by ``cache_rows``.
 
@@ -51,11 +60,7 @@ class CachedStage(Backbone):
             raise ValueError(
                 f"CachedStage start {start} must come after the spatial block {backbone.spatial_block}"
             )
-        if cached_grid % backbone.spatial_grid:
-            raise ValueError(
-                f"model.spatial_grid {backbone.spatial_grid} cannot be pooled from the cached "
-                f"{cached_grid}x{cached_grid} grid"
-            )
+        check_pooled_grid(backbone.spatial_grid, cached_grid)
         self.inner = backbone
         self.start, self.cached_grid = start, cached_grid
         self.feature_dim = backbone.feature_dim

@@ -58,7 +58,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # benchmarks.* when run as a script
 
-from benchmarks.cached_features import CachedFeatures, CachedStage
+from benchmarks.cached_features import CachedFeatures, CachedStage, check_pooled_grid
 from hashing.codes import pack_signs
 from hashing.config import ConfigError, load_config
 from hashing.data.builtin import CLASSES, PRESETS, TAG_VOCABULARY, builtin_samples
@@ -395,11 +395,8 @@ class RegriddedFeatures(CachedFeatures):
     (1: one global mean per channel, the previous spatial branch), so ``model.spatial_grid`` applies."""
 
     def __init__(self, feature_dim: int, spatial_dim: int, grid: int) -> None:
+        check_pooled_grid(grid, CACHED_GRID)
         super().__init__(feature_dim, spatial_dim // (CACHED_GRID // grid) ** 2)
-        if CACHED_GRID % grid:
-            raise ValueError(
-                f"model.spatial_grid {grid} cannot be pooled from the cached {CACHED_GRID}x{CACHED_GRID} grid"
-            )
         self.grid = grid
         self.cached_width = feature_dim + spatial_dim
         self.channels = spatial_dim // CACHED_GRID**2

@@ -289,6 +289,8 @@ def test_frozen_mode_repools_the_cached_spatial_grid_for_a_grid_1_config():
         grid1 = backbone.set_spatial_grid(1)(images)
     rows = torch.cat([grid2.global_, grid2.spatial], 1)
     regridded = quality.RegriddedFeatures(128, 256, 1)
+    with pytest.raises(ValueError, match="spatial_grid 4 cannot be pooled from the cached 2x2 grid"):
+        quality.RegriddedFeatures(128, 256, 4)
     assert regridded.spatial_dim == 64
     out = regridded(rows)
     torch.testing.assert_close(out.spatial, grid1.spatial, rtol=1e-5, atol=1e-6)

@@ -49,6 +49,13 @@ class TokenAuthEnabledFilter(logging.Filter):
         return not record.getMessage().startswith(_TOKEN_AUTH_ENABLED)
 
 
+def _add_filter_once(logger_name: str, filter_type: type[logging.Filter]) -> None:
+    """A ``filter_type()`` on the logger ``logger_name`` unless it has one (the set-up runs per job)."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, filter_type) for f in logger.filters):
+        logger.addFilter(filter_type())
+
+
 def debug_logging() -> bool:
     """True when the job runs at DEBUG (``HASHING_LOG_LEVEL``, set by ``--log-level`` / ``-v``): then
     Ray's own INFO lines and progress output stay on."""
@@ -72,9 +79,7 @@ def quiet_ray_logs() -> None:
     unless the job runs at DEBUG: Ray Data's INFO lines off (``QUIET_ENV``, also for a ``ray.data``
     imported later in this process) and the deprecation warning Ray Train's dataset manager triggers in
     Ray Data (``ExecutionOptions.exclude_resources``) ignored."""
-    logger = logging.getLogger(_RESOURCE_REQUEST_LOGGER)
-    if not any(isinstance(f, ResourceRequestTimeoutFilter) for f in logger.filters):
-        logger.addFilter(ResourceRequestTimeoutFilter())
+    _add_filter_once(_RESOURCE_REQUEST_LOGGER, ResourceRequestTimeoutFilter)
     if debug_logging():
         return
     os.environ.update(quiet_env())
@@ -124,9 +129,7 @@ def quiet_ray_output() -> None:
         return
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    auth_logger = logging.getLogger(_TOKEN_AUTH_LOGGER)
-    if not any(isinstance(f, TokenAuthEnabledFilter) for f in auth_logger.filters):
-        auth_logger.addFilter(TokenAuthEnabledFilter())
+    _add_filter_once(_TOKEN_AUTH_LOGGER, TokenAuthEnabledFilter)
     # its "Progress bars disabled. To enable, set ..." warning, once per process
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
